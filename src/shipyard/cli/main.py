@@ -1,0 +1,144 @@
+"""`shipyard` command line. Imports are lazy so `shipyard --help` is instant."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Turn a trained model into a fast, compact, versioned service.")
+models_app = typer.Typer(no_args_is_help=True, help="List, inspect, import and remove models.")
+app.add_typer(models_app, name="models")
+
+RepoOpt = Annotated[Path | None, typer.Option("--repository", "-r", help="Model repository folder [env SHIPYARD_REPOSITORY; default ./model-repository].")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def settings(**overrides: Any) -> Any:
+    """Settings from the environment, with the CLI flags that were given on top."""
+    from shipyard.config import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def fail(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call into the library; a ShipyardError becomes a one-line message and exit status 1."""
+    from shipyard.errors import ShipyardError
+
+    try:
+        return fn(*args, **kwargs)
+    except ShipyardError as e:
+        fail(e.message)
+
+
+@app.command()
+def demo(
+    repository: RepoOpt = None,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the models after building them.")] = True,
+    host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+) -> None:
+    """Train the digits classifier, publish it as PyTorch (v1) and ONNX (v2), compare, and serve."""
+    from shipyard.cli.demo import run_demo
+
+    run(run_demo, settings(repository=repository, host=host, port=port), serve=serve)
+
+
+@app.command("serve")
+def serve_cmd(
+    repository: RepoOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind [env SHIPYARD_HOST; default 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port [env SHIPYARD_PORT; default 8000].")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models to load (default: all).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads per model (default: all cores).")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Override every model's max_batch_size (1 = batching off).")] = None,
+    max_queue_delay_us: Annotated[int | None, typer.Option(help="Override every model's max_queue_delay_us.")] = None,
+    max_queue_size: Annotated[int | None, typer.Option(help="Override every model's max_queue_size.")] = None,
+    max_request_bytes: Annotated[int | None, typer.Option(help="Largest request body (413 beyond).")] = None,
+    device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'.")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle-based model files.")] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve models over KServe V2 REST with dynamic batching."""
+    from shipyard.serve.app import serve
+
+    s = run(settings, repository=repository, host=host, port=port, threads=threads,
+            max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+            max_queue_size=max_queue_size, max_request_bytes=max_request_bytes, device=device,
+            trust_pickle=trust_pickle or None)
+    if not s.repository.is_dir():
+        fail(f"repository {s.repository} does not exist; run `shipyard demo --no-serve` or `shipyard models import`")
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    if names:
+        from shipyard.repository import Repository
+
+        repo = Repository(s.repository)
+        for n in names:
+            run(repo.resolve, n)
+    serve(s, names, log_level=log_level)
+
+
+@models_app.command("list")
+def models_list(repository: RepoOpt = None, as_json: JsonOpt = False) -> None:
+    """Every model with its versions, formats and sizes."""
+    from shipyard.cli import views
+
+    views.list_models(settings(repository=repository).repository, as_json)
+
+
+@models_app.command("show")
+def models_show(ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION.")],
+                repository: RepoOpt = None, as_json: JsonOpt = False) -> None:
+    """One version's manifest: signature, files, lineage and metrics."""
+    from shipyard.cli import views
+
+    run(views.show_model, settings(repository=repository).repository, ref, as_json)
+
+
+@models_app.command("import")
+def models_import(
+    path: Annotated[Path, typer.Argument(help="ONNX file, torch.export .pt2, TorchScript file, or Hugging Face folder.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Model name in the repository.")],
+    repository: RepoOpt = None,
+    inputs: Annotated[list[str] | None, typer.Option("--input", help="Override an input: NAME:DATATYPE:DIMS, e.g. pixels:FP32:-1,1,8,8 (repeat).")] = None,
+    outputs: Annotated[list[str] | None, typer.Option("--output", help="Override an output: NAME:DATATYPE:DIMS (repeat).")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled torch module (it can run code); it is exported to torch.export on import.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a model file as the next version of NAME; its signature is read from the file."""
+    from shipyard.cli import views
+
+    run(views.import_model, settings(repository=repository).repository, path, name, inputs or [], outputs or [], trust_pickle, as_json)
+
+
+@models_app.command("remove")
+def models_remove(ref: Annotated[str, typer.Argument(help="NAME:VERSION to remove.")], repository: RepoOpt = None) -> None:
+    """Remove one version (it disappears atomically)."""
+    from shipyard.repository import Repository, parse_ref
+
+    name, version = run(parse_ref, ref)
+    if version is None:
+        fail(f"give the version to remove, as in '{name}:1'")
+    run(Repository(settings(repository=repository).repository).remove, name, version)
+    typer.echo(f"removed {name}:{version}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

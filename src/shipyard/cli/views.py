@@ -1,0 +1,105 @@
+"""What the `models` commands print: rich tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from shipyard.repository import Manifest, Repository, parse_ref
+
+console = Console()
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _summary(m: Manifest) -> dict[str, Any]:
+    return {
+        "name": m.name, "version": m.version, "format": m.format, "size_bytes": m.size_bytes,
+        "parent": m.lineage.parent, "created": m.created.isoformat(), "metrics": m.metrics,
+    }
+
+
+def list_models(root: Path, as_json: bool) -> None:
+    repo = Repository(root)
+    rows = [_summary(repo.manifest(n, v)) for n in repo.models() for v in repo.versions(n)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print(f"no models in {root}; try `shipyard demo --no-serve`")
+        return
+    table = Table(title=f"models in {root}")
+    for col in ("model", "version", "format", "size", "parent", "accuracy", "created"):
+        table.add_column(col)
+    for r in rows:
+        acc = r["metrics"].get("accuracy")
+        table.add_row(r["name"], str(r["version"]), r["format"], human_size(r["size_bytes"]),
+                      str(r["parent"] or "-"), f"{acc:.2%}" if acc is not None else "-",
+                      r["created"][:19])
+    console.print(table)
+
+
+def show_model(root: Path, ref: str, as_json: bool) -> None:
+    repo = Repository(root)
+    name, version = parse_ref(ref)
+    m = repo.manifest(name, version)
+    if as_json:
+        print(m.model_dump_json(indent=2))
+        return
+    console.print(f"[bold]{m.name}:{m.version}[/]  format {m.format}  {human_size(m.size_bytes)}  created {m.created:%Y-%m-%d %H:%M}")
+    sig = Table(title="signature")
+    for col in ("", "name", "datatype", "shape"):
+        sig.add_column(col)
+    for kind, specs in (("input", m.signature.inputs), ("output", m.signature.outputs)):
+        for s in specs:
+            sig.add_row(kind, s.name, s.datatype, str(s.shape))
+    console.print(sig)
+    if m.metrics:
+        met = Table(title="metrics")
+        met.add_column("metric")
+        met.add_column("value", justify="right")
+        for k, v in m.metrics.items():
+            met.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        console.print(met)
+    console.print(lineage_tree(repo, name))
+
+
+def lineage_tree(repo: Repository, name: str) -> Tree:
+    """Every version of a model, each under the parent it was made from."""
+    manifests = {v: repo.manifest(name, v) for v in repo.versions(name)}
+    tree = Tree(f"[bold]{name}[/] lineage")
+    nodes: dict[int, Tree] = {}
+    for v, m in sorted(manifests.items()):
+        recipe = ", ".join(str(step.get("pass", step)) for step in m.lineage.recipe)
+        label = f"v{v} {m.format}" + (f"  [dim]{recipe}[/]" if recipe else "")
+        parent = nodes.get(m.lineage.parent) if m.lineage.parent else None
+        nodes[v] = (parent or tree).add(label)
+    return tree
+
+
+def import_model(root: Path, path: Path, name: str, inputs: list[str], outputs: list[str],
+                 trust_pickle: bool, as_json: bool) -> None:
+    from shipyard.runtimes.importer import import_model as do_import
+    from shipyard.runtimes.importer import parse_tensor_spec
+
+    m = do_import(
+        Repository(root), path, name,
+        inputs=[parse_tensor_spec(s) for s in inputs] or None,
+        outputs=[parse_tensor_spec(s) for s in outputs] or None,
+        trust_pickle=trust_pickle,
+    )
+    if as_json:
+        print(m.model_dump_json(indent=2))
+    else:
+        console.print(f"published [bold]{m.name}:{m.version}[/] ({m.format}, {human_size(m.size_bytes)})")

@@ -1,0 +1,92 @@
+"""Typed settings: the one source of defaults.
+
+Precedence (highest first): CLI flags, `SHIPYARD_*` environment, the per-model `config.json` in the
+repository, the defaults written here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_threads() -> int:
+    """Intra-op threads per model: every core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class BatchingConfig(BaseModel):
+    """Dynamic batching for one model. `max_batch_size` 1 turns batching off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="Most rows stacked into one call; 1 turns batching off."
+    )
+    max_queue_delay_us: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="How long a batch may wait for more requests once one is queued. 0 (as Triton's "
+        "default): run what is queued at once; requests that arrive while the model is busy still batch.",
+    )
+    max_queue_size: int = Field(
+        256, ge=1, le=1_000_000, description="Requests waiting beyond this are refused with 503."
+    )
+
+
+class ModelConfig(BaseModel):
+    """Per-model serving config (`<repository>/<model>/config.json`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    version_policy: str = Field(
+        "latest",
+        pattern=r"^(latest|all|specific)$",
+        description="Which versions to load: the latest one, all, or those in `versions`.",
+    )
+    versions: list[int] = Field(default_factory=list, description="Versions loaded by 'specific'.")
+    threads: int | None = Field(None, ge=1, le=256, description="Intra-op threads for this model.")
+
+
+class Settings(BaseSettings):
+    """Process-wide settings, read from `SHIPYARD_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SHIPYARD_", extra="ignore")
+
+    repository: Path = Field(Path("model-repository"), description="Model repository folder.")
+    host: str = Field("127.0.0.1", description="Address the server binds.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
+    threads: int = Field(
+        default_factory=default_threads, ge=1, le=256, description="Intra-op threads per model."
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond)."
+    )
+    trust_pickle: bool = Field(
+        False, description="Allow loading pickle-based model files (can execute code)."
+    )
+    device: str = Field("cpu", description="'cpu' or 'cuda' for runtimes that can use either.")
+    max_batch_size: int | None = Field(None, ge=1, description="Override every model's batching.")
+    max_queue_delay_us: int | None = Field(None, ge=0, description="Override every model's delay.")
+    max_queue_size: int | None = Field(None, ge=1, description="Override every model's queue bound.")
+
+    def batching_for(self, model: ModelConfig) -> BatchingConfig:
+        """A model's batching with the process-wide overrides applied."""
+        overrides = {
+            k: v
+            for k, v in {
+                "max_batch_size": self.max_batch_size,
+                "max_queue_delay_us": self.max_queue_delay_us,
+                "max_queue_size": self.max_queue_size,
+            }.items()
+            if v is not None
+        }
+        return model.batching.model_copy(update=overrides)

@@ -1,0 +1,48 @@
+"""The one error tree. It knows nothing of transports: each channel maps these classes to its
+own status codes in a single table."""
+
+from __future__ import annotations
+
+
+class ShipyardError(Exception):
+    """Base of every error a user or client can cause. The message names the problem and the fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ShipyardError):
+    """A model, version or file that does not exist."""
+
+
+class InvalidInput(ShipyardError):
+    """A request or argument that is malformed: wrong datatype, shape, size, name or encoding."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body larger than the configured limit."""
+
+
+class Unavailable(ShipyardError):
+    """A model that exists but cannot answer now (not loaded, failed to load, queue full)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Conflict(ShipyardError):
+    """An action that clashes with the current state (publishing over an existing version)."""
+
+
+class UnsafeModel(ShipyardError):
+    """A model file whose loading could execute code (pickle) without the user's explicit trust."""
+
+
+class IntegrityError(ShipyardError):
+    """A repository file whose checksum or manifest does not match what was published."""
+
+
+class InferenceFailed(ShipyardError):
+    """The runtime raised while computing: the model, not the request, is at fault."""

@@ -1,0 +1,1 @@
+"""Compression and conversion passes, recipes, evaluation and reports."""

@@ -1,0 +1,32 @@
+"""Loading one model version and running it. One registry keyed by the manifest's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shipyard.errors import InvalidInput
+from shipyard.repository import Manifest
+from shipyard.runtimes.base import Runtime, RuntimeOptions
+from shipyard.runtimes.hf import HFTransformersRuntime
+from shipyard.runtimes.onnx import OnnxRuntime
+from shipyard.runtimes.torch_export import TorchExportRuntime
+from shipyard.runtimes.torchscript import TorchScriptRuntime
+
+REGISTRY: dict[str, type[Runtime]] = {
+    cls.format: cls
+    for cls in (OnnxRuntime, TorchExportRuntime, TorchScriptRuntime, HFTransformersRuntime)
+}
+
+
+def runtime_for(manifest: Manifest, path: Path, options: RuntimeOptions) -> Runtime:
+    try:
+        cls = REGISTRY[manifest.format]
+    except KeyError:
+        raise InvalidInput(
+            f"{manifest.name}:{manifest.version} has format '{manifest.format}', which no runtime "
+            f"serves; known formats: {', '.join(sorted(REGISTRY))}"
+        ) from None
+    return cls(path, manifest, options)
+
+
+__all__ = ["REGISTRY", "Runtime", "RuntimeOptions", "runtime_for"]

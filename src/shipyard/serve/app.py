@@ -1,0 +1,77 @@
+"""Building the server: the data plane, every channel on it, and a graceful lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shipyard import __version__
+from shipyard.config import Settings
+from shipyard.errors import ShipyardError
+from shipyard.repository import Repository
+from shipyard.serve.channels import http_errors, rest_v2
+from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.manager import ModelManager
+
+log = logging.getLogger("shipyard.serve")
+T = TypeVar("T")
+
+
+def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
+    """The ASGI app. Models load at startup (all, or `models`); one that fails is reported as
+    UNAVAILABLE with its reason and the rest serve."""
+    repository = Repository(settings.repository)
+    manager = ModelManager(repository, settings)
+    admin = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipyard-admin")
+
+    async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(admin, fn, *args)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        names = models if models else repository.models()
+        for name in names:
+            try:
+                await run_blocking(manager.load, name)
+            except ShipyardError as e:
+                log.warning("model %s not loaded: %s", name, e.message)
+        app.state.ready = True
+        yield
+        app.state.ready = False
+        await run_blocking(manager.close)
+        admin.shutdown(wait=False)
+
+    app = FastAPI(title="shipyard", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.ready = False
+    app.state.dataplane = DataPlane(manager)
+    app.state.run_blocking = run_blocking
+    app.add_exception_handler(ShipyardError, http_errors.shipyard_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_errors.http_error_handler)
+    app.add_exception_handler(Exception, http_errors.internal_error_handler)
+    app.include_router(rest_v2.router)
+    return app
+
+
+def serve(settings: Settings, models: list[str] | None = None, log_level: str = "warning") -> None:
+    """Run until SIGTERM/SIGINT: then stop accepting, finish in-flight requests, unload, exit 0."""
+    import uvicorn
+
+    app = create_app(settings, models)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()

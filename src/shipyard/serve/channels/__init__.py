@@ -1,0 +1,1 @@
+"""Channels: one thin adapter per protocol over the data plane."""

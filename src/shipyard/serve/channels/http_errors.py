@@ -1,0 +1,70 @@
+"""The one table from shipyard's error classes to HTTP status codes, shared by HTTP channels."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import orjson
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shipyard.errors import (
+    Conflict,
+    InferenceFailed,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ShipyardError,
+    Unavailable,
+    UnsafeModel,
+)
+
+log = logging.getLogger("shipyard.serve")
+
+# Most specific first: the first class an error is an instance of decides.
+STATUS: list[tuple[type[ShipyardError], int]] = [
+    (PayloadTooLarge, 413),
+    (InvalidInput, 400),
+    (UnsafeModel, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unavailable, 503),
+    (IntegrityError, 500),
+    (InferenceFailed, 500),
+    (ShipyardError, 400),
+]
+
+
+def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"error": message}), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def status_of(exc: ShipyardError) -> int:
+    return next(code for cls, code in STATUS if isinstance(exc, cls))
+
+
+async def shipyard_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ShipyardError)
+    headers = None
+    if isinstance(exc, Unavailable) and exc.retry_after is not None:
+        headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
+    return error_response(exc.message, status_of(exc), headers)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    message = str(exc.detail)
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return error_response(message, exc.status_code, getattr(exc, "headers", None))
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(f"internal error: {type(exc).__name__}: {exc}", 500)

@@ -1,0 +1,35 @@
+"""Wire facts of the V2 REST protocol and the binary tensor extension."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shipyard.errors import InvalidInput
+
+HEADER_LENGTH = "inference-header-content-length"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+JSON_CONTENT_TYPE = "application/json"
+
+# Request-level and per-tensor parameters of the binary tensor extension.
+BINARY_DATA_SIZE = "binary_data_size"
+BINARY_DATA = "binary_data"
+BINARY_DATA_OUTPUT = "binary_data_output"
+
+
+def expect_dict(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def expect_list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidInput(f"{what} must be a JSON array, got {type(value).__name__}")
+    return value
+
+
+def expect_shape(value: Any, what: str) -> list[int]:
+    shape = expect_list(value, f"{what} 'shape'")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidInput(f"{what} 'shape' must be a list of non-negative integers, got {shape}")
+    return shape

@@ -1,0 +1,138 @@
+"""V2 REST endpoints: a few lines each; decoding in convert.py, work in the data plane."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from shipyard.errors import InvalidInput, PayloadTooLarge
+from shipyard.serve.channels.rest_v2.convert import decode_request, encode_response
+from shipyard.serve.channels.rest_v2.protocol import HEADER_LENGTH
+from shipyard.serve.dataplane import DataPlane
+
+router = APIRouter()
+
+
+def _plane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.dataplane
+    return plane
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
+
+
+def _version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInput(f"model version {text!r} must be a positive integer")
+    return int(text)
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it passes the configured limit."""
+    limit: int = request.app.state.settings.max_request_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes (--max-request-bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (--max-request-bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.get("/v2/health/live")
+async def live() -> Response:
+    return _json({"live": True})
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request) -> Response:
+    ok = bool(request.app.state.ready)
+    return _json({"ready": ok}, 200 if ok else 503)
+
+
+@router.get("/v2")
+async def server_metadata(request: Request) -> Response:
+    return _json(_plane(request).server_metadata())
+
+
+@router.get("/v2/models/stats")
+@router.get("/v2/models/{model}/stats")
+@router.get("/v2/models/{model}/versions/{version}/stats")
+async def model_stats(request: Request, model: str | None = None, version: str | None = None) -> Response:
+    return _json({"model_stats": _plane(request).model_stats(model, _version(version))})
+
+
+@router.get("/v2/models/{model}")
+@router.get("/v2/models/{model}/versions/{version}")
+async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
+    return _json(_plane(request).model_metadata(model, _version(version)))
+
+
+@router.get("/v2/models/{model}/ready")
+@router.get("/v2/models/{model}/versions/{version}/ready")
+async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
+    ok = _plane(request).model_ready(model, _version(version))
+    return _json({"name": model, "ready": ok}, 200 if ok else 503)
+
+
+@router.post("/v2/models/{model}/infer")
+@router.post("/v2/models/{model}/versions/{version}/infer")
+async def infer(request: Request, model: str, version: str | None = None) -> Response:
+    plane = _plane(request)
+    v = _version(version)
+    body = await read_body(request)
+    header = request.headers.get(HEADER_LENGTH)
+    if header is not None and not header.strip().isdigit():
+        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {header!r}")
+    header_length = int(header) if header is not None else None
+    signature = None
+    if header_length == 0:
+        lv = plane.manager.get(model, v)
+        signature = lv.manifest.signature if lv.manifest else None
+    infer_request, binary_default = decode_request(body, header_length, model, v, signature)
+    response = await plane.infer(infer_request)
+    content, headers = encode_response(response, infer_request, binary_default)
+    return Response(content, headers=headers)
+
+
+# -- repository extension -------------------------------------------------------------------
+@router.post("/v2/repository/index")
+async def repository_index(request: Request) -> Response:
+    body = await read_body(request)
+    ready_only = False
+    if body.strip():
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise InvalidInput(f"request body is not valid JSON: {e}") from None
+        ready_only = bool(isinstance(doc, dict) and doc.get("ready"))
+    rows = _plane(request).manager.index()
+    if ready_only:
+        rows = [r for r in rows if r["state"] == "READY"]
+    return _json(rows)
+
+
+@router.post("/v2/repository/models/{model}/load")
+async def repository_load(request: Request, model: str) -> Response:
+    await read_body(request)
+    entry = await request.app.state.run_blocking(_plane(request).manager.load, model)
+    if not entry.ready_versions():
+        reasons = "; ".join(f"version {v}: {lv.reason}" for v, lv in sorted(entry.versions.items()))
+        raise InvalidInput(f"failed to load '{model}': {reasons or 'no versions to load'}")
+    return _json({})
+
+
+@router.post("/v2/repository/models/{model}/unload")
+async def repository_unload(request: Request, model: str) -> Response:
+    await read_body(request)
+    await request.app.state.run_blocking(_plane(request).manager.unload, model)
+    return _json({})

@@ -1,0 +1,156 @@
+"""The one data plane every channel calls: checks a request against the model's signature, queues
+it on the model's batcher, and builds the response. It speaks only core types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from shipyard import __version__
+from shipyard.errors import InvalidInput
+from shipyard.repository import Signature, TensorSpec
+from shipyard.serve.manager import READY, LoadedVersion, ModelManager
+from shipyard.serve.types import InferRequest, InferResponse
+from shipyard.tensors import Tensor, numpy_dtype
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+
+
+def _shape_matches(shape: list[int], expected: list[int]) -> bool:
+    return len(shape) == len(expected) and all(e == -1 or e == s for s, e in zip(shape, expected, strict=True))
+
+
+def check_inputs(request: InferRequest, signature: Signature) -> dict[str, np.ndarray]:
+    """Every input present once, with the right datatype and shape; the batch dims agree."""
+    arrays: dict[str, np.ndarray] = {}
+    for t in request.inputs:
+        spec = signature.input(t.name)
+        if spec is None:
+            raise InvalidInput(
+                f"unexpected input '{t.name}'; model '{request.model}' takes "
+                f"{', '.join(s.describe() for s in signature.inputs)}"
+            )
+        if t.name in arrays:
+            raise InvalidInput(f"input '{t.name}' is given more than once")
+        if t.datatype != spec.datatype:
+            raise InvalidInput(
+                f"input '{t.name}' has datatype {t.datatype}; the model expects {spec.datatype}"
+            )
+        if not _shape_matches(t.shape, spec.shape):
+            raise InvalidInput(
+                f"input '{t.name}' has shape {t.shape}; the model expects {spec.shape}"
+            )
+        arrays[t.name] = t.data
+    missing = [s.name for s in signature.inputs if s.name not in arrays]
+    if missing:
+        raise InvalidInput(
+            f"missing input{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}; "
+            f"model '{request.model}' takes {', '.join(s.describe() for s in signature.inputs)}"
+        )
+    if signature.batched and len(arrays) > 1:
+        sizes = {n: a.shape[0] for n, a in arrays.items()}
+        if len(set(sizes.values())) > 1:
+            raise InvalidInput(f"inputs disagree on the batch size (first dimension): {sizes}")
+    return arrays
+
+
+def check_outputs(request: InferRequest, signature: Signature) -> list[str]:
+    names = [o.name for o in signature.outputs]
+    if not request.outputs:
+        return names
+    wanted = []
+    for o in request.outputs:
+        if o.name not in names:
+            raise InvalidInput(
+                f"unknown output '{o.name}' requested; model '{request.model}' has {', '.join(names)}"
+            )
+        wanted.append(o.name)
+    return list(dict.fromkeys(wanted))
+
+
+def _output_tensor(spec: TensorSpec, array: np.ndarray) -> Tensor:
+    dtype = numpy_dtype(spec.datatype)
+    if array.dtype != dtype and spec.datatype != "BYTES":
+        array = array.astype(dtype)
+    return Tensor(spec.name, spec.datatype, list(array.shape), array)
+
+
+class DataPlane:
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+
+    # -- health and metadata ---------------------------------------------------------------
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "shipyard", "version": __version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: int | None) -> bool:
+        return self.manager.describe(name, version).state == READY
+
+    def model_metadata(self, name: str, version: int | None) -> dict[str, Any]:
+        lv = self.manager.describe(name, version)
+        entry = self.manager.entry(name)
+        sig = lv.manifest.signature if lv.manifest else Signature(inputs=[], outputs=[])
+        meta: dict[str, Any] = {
+            "name": name,
+            "versions": [str(v) for v in sorted(entry.versions)],
+            "platform": lv.platform,
+            "inputs": [s.model_dump() for s in sig.inputs],
+            "outputs": [s.model_dump() for s in sig.outputs],
+            "state": lv.state,
+        }
+        if lv.reason:
+            meta["reason"] = lv.reason
+        return meta
+
+    def model_stats(self, name: str | None, version: int | None) -> list[dict[str, Any]]:
+        rows = []
+        names = [name] if name else sorted(self.manager.models)
+        for n in names:
+            entry = self.manager.entry(n)
+            for v, lv in sorted(entry.versions.items()):
+                if version is not None and v != version:
+                    continue
+                rows.append(_stats(lv))
+        return rows
+
+    # -- inference ---------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        lv = self.manager.get(request.model, request.version)
+        assert lv.manifest is not None and lv.batcher is not None
+        signature = lv.manifest.signature
+        arrays = check_inputs(request, signature)
+        wanted = check_outputs(request, signature)
+        results = await lv.batcher.submit(arrays, wanted)
+        specs = {o.name: o for o in signature.outputs}
+        return InferResponse(
+            model=request.model,
+            version=lv.version,
+            outputs=[_output_tensor(specs[n], results[n]) for n in wanted],
+            id=request.id,
+        )
+
+
+def _stats(lv: LoadedVersion) -> dict[str, Any]:
+    st = lv.batcher.stats if lv.batcher else None
+    if st is None:
+        return {"name": lv.name, "version": str(lv.version), "state": lv.state}
+    ns = 1_000_000_000
+    return {
+        "name": lv.name,
+        "version": str(lv.version),
+        "state": lv.state,
+        "inference_count": st.requests,
+        "execution_count": st.executions,
+        "inference_stats": {
+            "success": {"count": st.requests - st.failures},
+            "fail": {"count": st.failures},
+            "queue": {"count": st.requests, "ns": int(st.queue_s * ns)},
+            "compute_infer": {"count": st.executions, "ns": int(st.compute_s * ns)},
+        },
+        "batch_stats": [
+            {"batch_size": size, "compute_infer": {"count": count}}
+            for size, count in sorted(st.batch_sizes.items())
+        ],
+        "batch_sizes": {str(k): v for k, v in sorted(st.batch_sizes.items())},
+    }

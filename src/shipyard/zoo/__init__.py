@@ -1,0 +1,1 @@
+"""Small demo models and datasets made locally: nothing is downloaded."""
