@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
@@ -60,6 +60,34 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
     return app
 
 
+class _Server:
+    """uvicorn's server, except that a SIGTERM/SIGINT that ends a graceful shutdown is not raised
+    again afterwards: the process then exits 0, as a supervisor expects from a clean stop."""
+
+    @staticmethod
+    def build(config: Any) -> Any:
+        import signal
+        import threading
+
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                sigs = (signal.SIGINT, signal.SIGTERM)
+                previous = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+        return Server(config)
+
+
 def serve(settings: Settings, models: list[str] | None = None, log_level: str = "warning") -> None:
     """Run until SIGTERM/SIGINT: then stop accepting, finish in-flight requests, unload, exit 0."""
     import uvicorn
@@ -74,4 +102,4 @@ def serve(settings: Settings, models: list[str] | None = None, log_level: str = 
         timeout_graceful_shutdown=30,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    _Server.build(config).run()

@@ -29,6 +29,12 @@ _JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 _KIND_NAMES = {"b": "boolean", "i": "integer", "u": "integer", "f": "floating-point", "U": "string", "O": "mixed"}
 
 
+def _has_float(data: Any) -> bool:
+    if isinstance(data, list):
+        return any(_has_float(x) for x in data)
+    return isinstance(data, float)
+
+
 def _json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
     count = element_count(shape)
     if datatype == "BYTES":
@@ -44,6 +50,12 @@ def _json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndar
     except (ValueError, TypeError) as e:  # ragged nesting
         raise InvalidInput(f"input '{name}': data is not a regular array: {e}") from None
     kind = array.dtype.kind
+    if kind == "f" and dtype.kind in "iu" and not _has_float(data):
+        # numpy falls back to float64 for ints past int64 (large UINT64 values): keep them exact.
+        try:
+            array, kind = np.array(data, dtype=dtype), dtype.kind
+        except OverflowError:
+            raise InvalidInput(f"input '{name}': values do not fit {datatype}") from None
     if array.size and kind not in _JSON_KINDS[dtype.kind]:
         raise InvalidInput(
             f"input '{name}': data holds {_KIND_NAMES.get(kind, array.dtype.name)} values; "

@@ -6,7 +6,7 @@ from typing import Any
 
 from shipyard.errors import InvalidInput
 
-HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 JSON_CONTENT_TYPE = "application/json"
 

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shipyard.repository import Repository
+from tests.fixtures import build_digits
+
+
+@pytest.fixture(scope="session")
+def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Repository:
+    """A repository with the demo's digits model, built once per test session (~10 s)."""
+    return build_digits(tmp_path_factory.mktemp("digits") / "repo")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repository]:
+    yield Repository(tmp_path / "repo")

@@ -1,0 +1,118 @@
+"""Toy models and a real server process for tests: one place for both."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from torch import nn
+
+from shipyard.repository import Repository
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPYARD = [sys.executable, "-m", "shipyard.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TwoInputs(nn.Module):
+    """y = a * 2 + b, sum = row sums of a: two inputs, two outputs, any float batch."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a * 2 + b, a.sum(dim=1, keepdim=True)
+
+
+def export_onnx(module: nn.Module, path: Path, inputs: dict[str, torch.Tensor], outputs: list[str]) -> Path:
+    """A toy ONNX file with a dynamic batch axis on every input and output."""
+    import warnings
+
+    axes = {n: {0: "batch"} for n in [*inputs, *outputs]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), tuple(inputs.values()), str(path), input_names=list(inputs),
+                          output_names=outputs, dynamic_axes=axes, opset_version=17, dynamo=False)
+    return path
+
+
+def identity_onnx(path: Path, datatype: int, shape: list[int | str], name: str = "x") -> Path:
+    """An ONNX Identity model for one tensor type (onnx.TensorProto enum): every V2 datatype."""
+    import onnx
+    from onnx import helper
+
+    inp = helper.make_tensor_value_info(name, datatype, shape)
+    out = helper.make_tensor_value_info("y", datatype, shape)
+    graph = helper.make_graph([helper.make_node("Identity", [name], ["y"])], "identity", [inp], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+class ServerProcess:
+    """`shipyard serve` in a child process on a free loopback port; stopped by its PID."""
+
+    def __init__(self, repository: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [*SHIPYARD, "serve", "--repository", str(repository), "--port", str(self.port), "--threads", "1", *args]
+        self.log = open(Path(repository).parent / f"server-{self.port}.log", "w+")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, cwd=ROOT)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.output()}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout}s: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def build_digits(root: Path) -> Repository:
+    """The demo's digits model (v1 torch.export, v2 ONNX), as `shipyard demo --no-serve` makes it."""
+    from shipyard.cli.demo import build
+
+    repo = Repository(root)
+    build(repo, threads=1)
+    return repo
+
+
+def digits_test() -> tuple[np.ndarray, np.ndarray]:
+    from shipyard.zoo import digits
+
+    split = digits.load("test")
+    return split.pixels, split.labels

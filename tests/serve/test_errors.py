@@ -1,0 +1,153 @@
+"""Every bad input a client can send gets a clear error with the right status, and the server
+keeps serving everyone else."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as http
+from tritonclient.utils import InferenceServerException
+
+from shipyard.repository import Repository
+from tests.fixtures import ServerProcess
+
+PIXELS = {"name": "pixels", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.5] * 64}
+
+
+def still_serving(server: ServerProcess) -> None:
+    r = httpx.post(f"{server.url}/v2/models/digits/infer", json={"inputs": [PIXELS]})
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["shape"] == [1, 10]
+
+
+def post(server: ServerProcess, path: str, **kwargs: object) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def inputs(**changes: object) -> dict[str, object]:
+    return {"inputs": [{**PIXELS, **changes}]}
+
+
+CASES = [
+    # (id, path, request kwargs, status, words the message must contain)
+    ("unknown model", "/v2/models/nope/infer", {"json": inputs()}, 404, ["unknown model 'nope'"]),
+    ("unknown version", "/v2/models/digits/versions/9/infer", {"json": inputs()}, 404, ["no loaded version 9", "1, 2"]),
+    ("bad version", "/v2/models/digits/versions/x/infer", {"json": inputs()}, 400, ["'x'", "positive integer"]),
+    ("wrong datatype", "/v2/models/digits/infer", {"json": inputs(datatype="FP64")}, 400, ["FP64", "expects FP32"]),
+    ("unknown datatype", "/v2/models/digits/infer", {"json": inputs(datatype="FLOAT")}, 400, ["unknown datatype 'FLOAT'"]),
+    ("wrong shape", "/v2/models/digits/infer", {"json": inputs(shape=[1, 64])}, 400, ["shape [1, 64]", "[-1, 1, 8, 8]"]),
+    ("data length", "/v2/models/digits/infer", {"json": inputs(data=[0.5] * 63)}, 400, ["63 elements", "needs 64"]),
+    ("strings for floats", "/v2/models/digits/infer", {"json": inputs(data=["a"] * 64)}, 400, ["string", "FP32"]),
+    ("ragged data", "/v2/models/digits/infer", {"json": inputs(data=[[0.5] * 63, [0.5]])}, 400, ["not a regular array"]),
+    ("missing input", "/v2/models/two/infer", {"json": {"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]}}, 400, ["missing input 'b'"]),
+    ("unexpected input", "/v2/models/digits/infer", {"json": {"inputs": [PIXELS, {**PIXELS, "name": "extra"}]}}, 400, ["unexpected input 'extra'", "pixels"]),
+    ("duplicate input", "/v2/models/digits/infer", {"json": {"inputs": [PIXELS, PIXELS]}}, 400, ["more than once"]),
+    ("batch mismatch", "/v2/models/two/infer", {"json": {"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}, {"name": "b", "datatype": "FP32", "shape": [2, 4], "data": [1] * 8}]}}, 400, ["batch size"]),
+    ("unknown output", "/v2/models/digits/infer", {"json": {**inputs(), "outputs": [{"name": "probs"}]}}, 400, ["unknown output 'probs'", "logits"]),
+    ("no inputs", "/v2/models/digits/infer", {"json": {"inputs": []}}, 400, ["no 'inputs'"]),
+    ("malformed json", "/v2/models/digits/infer", {"content": b'{"inputs": [', "headers": {"content-type": "application/json"}}, 400, ["not valid JSON"]),
+    ("json not an object", "/v2/models/digits/infer", {"json": [1, 2]}, 400, ["must be a JSON object"]),
+    ("negative shape", "/v2/models/digits/infer", {"json": inputs(shape=[-1, 1, 8, 8])}, 400, ["non-negative integers"]),
+    ("header length not a number", "/v2/models/digits/infer", {"content": b"{}", "headers": {"Inference-Header-Content-Length": "abc"}}, 400, ["Inference-Header-Content-Length", "'abc'"]),
+    ("header longer than body", "/v2/models/digits/infer", {"content": b"{}", "headers": {"Inference-Header-Content-Length": "99"}}, 400, ["99", "only 2 bytes"]),
+    ("binary size beyond body", "/v2/models/digits/infer", {"content": b'{"inputs":[{"name":"pixels","datatype":"FP32","shape":[1,1,8,8],"parameters":{"binary_data_size":256}}]}' + b"\0" * 100, "headers": {"Inference-Header-Content-Length": "104"}}, 400, ["256 binary bytes", "100 remain"]),
+    ("binary size wrong for shape", "/v2/models/digits/infer", {"content": b'{"inputs":[{"name":"pixels","datatype":"FP32","shape":[1,1,8,8],"parameters":{"binary_data_size":100}}]}' + b"\0" * 100, "headers": {"Inference-Header-Content-Length": "104"}}, 400, ["100 bytes", "needs 256"]),
+    ("leftover binary bytes", "/v2/models/digits/infer", {"content": b'{"inputs":[{"name":"pixels","datatype":"FP32","shape":[1,1,8,8],"parameters":{"binary_data_size":256}}]}' + b"\0" * 260, "headers": {"Inference-Header-Content-Length": "104"}}, 400, ["4 binary bytes", "belong to none"]),
+    ("raw body not whole rows", "/v2/models/digits/infer", {"content": b"\0" * 100, "headers": {"Inference-Header-Content-Length": "0"}}, 400, ["100 bytes", "256 bytes"]),
+    ("raw body on two-input model", "/v2/models/two/infer", {"content": b"\0" * 32, "headers": {"Inference-Header-Content-Length": "0"}}, 400, ["exactly one input"]),
+    ("body too large", "/v2/models/digits/infer", {"content": b"x" * (1 << 20 + 1)}, 413, ["over the limit", "--max-request-bytes"]),
+    ("failed model", "/v2/models/broken/infer", {"json": inputs()}, 503, ["no ready version", "checksum"]),
+    ("unknown route", "/v2/nothing", {}, 404, ["no such endpoint"]),
+    ("load unknown model", "/v2/repository/models/nope/load", {}, 404, ["'nope'"]),
+    ("unload unknown model", "/v2/repository/models/nope/unload", {}, 404, ["'nope'"]),
+    ("load failing model", "/v2/repository/models/broken/load", {}, 400, ["failed to load 'broken'", "checksum"]),
+]
+
+
+@pytest.mark.parametrize(("path", "kwargs", "status", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_request(server: ServerProcess, path: str, kwargs: dict[str, object], status: int, words: list[str]) -> None:
+    r = post(server, path, **kwargs)
+    assert r.status_code == status, r.text
+    message = r.json()["error"]
+    for w in words:
+        assert w in message, message
+    still_serving(server)
+
+
+def test_wrong_method_is_405(server: ServerProcess) -> None:
+    r = httpx.get(f"{server.url}/v2/models/digits/infer")
+    assert r.status_code == 405 and "not allowed" in r.json()["error"]
+
+
+def test_failed_model_status_says_why(server: ServerProcess) -> None:
+    r = httpx.get(f"{server.url}/v2/models/broken")
+    assert r.status_code == 200
+    assert r.json()["state"] == "UNAVAILABLE" and "checksum" in r.json()["reason"]
+    assert httpx.get(f"{server.url}/v2/models/broken/ready").status_code == 503
+    assert httpx.get(f"{server.url}/v2/models/nope/ready").status_code == 404
+
+
+def test_tritonclient_sees_the_message(server: ServerProcess) -> None:
+    client = http.InferenceServerClient(f"127.0.0.1:{server.port}")
+    x = http.InferInput("pixels", [1, 64], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 64), np.float32))
+    with pytest.raises(InferenceServerException, match=r"shape \[1, 64\]; the model expects \[-1, 1, 8, 8\]"):
+        client.infer("digits", [x])
+
+
+def test_out_of_range_integers_are_refused(server: ServerProcess) -> None:
+    body = {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1, 3], "data": [1, 2, 300]}]}
+    r = post(server, "/v2/models/id_uint8/infer", json=body)
+    assert r.status_code == 400 and "do not fit UINT8" in r.json()["error"]
+    body = {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 3], "data": [1.5, 2, 3]}]}
+    r = post(server, "/v2/models/id_int32/infer", json=body)
+    assert r.status_code == 400 and "floating-point" in r.json()["error"]
+
+
+def test_full_queue_answers_503_with_retry_after(fresh_repo: Repository) -> None:
+    """One slow request runs, one waits in the queue (size 1): the next is refused at once."""
+    server = ServerProcess(fresh_repo.root, "--models", "slow,digits", "--max-queue-size", "1", "--max-batch-size", "1")
+    try:
+        big = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4000, 512], "data": [0.0] * (4000 * 512)}]}
+        small = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 512], "data": [0.0] * 512}]}
+        statuses: list[int] = []
+
+        def send(body: dict[str, object]) -> None:
+            statuses.append(post(server, "/v2/models/slow/infer", json=body).status_code)
+
+        runner = threading.Thread(target=send, args=(big,))
+        runner.start()
+        time.sleep(1.0)  # the big request is now running
+        waiter = threading.Thread(target=send, args=(small,))
+        waiter.start()
+        time.sleep(0.3)  # ...and this one waits in the queue
+        t = time.monotonic()
+        r = post(server, "/v2/models/slow/infer", json=small)
+        assert time.monotonic() - t < 0.5, "a full queue must refuse at once, not wait"
+        assert r.status_code == 503, r.text
+        assert "queue is full" in r.json()["error"] and r.headers["retry-after"] == "1"
+        still_serving(server)  # other models are not affected
+        runner.join()
+        waiter.join()
+        assert statuses == [200, 200]
+    finally:
+        assert server.stop() == 0, server.output()
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(fresh_repo: Repository) -> None:
+    server = ServerProcess(fresh_repo.root, "--models", "slow")
+    big = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3000, 512], "data": [0.0] * (3000 * 512)}]}
+    result: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: result.append(post(server, "/v2/models/slow/infer", json=big)))
+    t.start()
+    time.sleep(1.0)
+    assert server.stop() == 0, server.output()
+    t.join()
+    assert result and result[0].status_code == 200
+    assert result[0].json()["outputs"][0]["shape"] == [3000, 512]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/v2/health/live")
