@@ -57,6 +57,7 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_errors.http_error_handler)
     app.add_exception_handler(Exception, http_errors.internal_error_handler)
     app.include_router(rest_v2.router)
+    app.add_middleware(rest_v2.InferFastPath, fastapi_app=app)
     return app
 
 
