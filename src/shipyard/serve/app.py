@@ -43,6 +43,11 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
             except ShipyardError as e:
                 log.warning("model %s not loaded: %s", name, e.message)
         app.state.ready = True
+        for entry in manager.models.values():
+            for lv in entry.versions.values():
+                log.info("%s:%s %s %s%s", lv.name, lv.version, lv.platform, lv.state,
+                         f" ({lv.reason})" if lv.reason else "")
+        log.info("ready: http://%s:%s/v2 (%d models)", settings.host, settings.port, len(manager.models))
         yield
         app.state.ready = False
         await run_blocking(manager.close)
@@ -93,6 +98,8 @@ def serve(settings: Settings, models: list[str] | None = None, log_level: str = 
     """Run until SIGTERM/SIGINT: then stop accepting, finish in-flight requests, unload, exit 0."""
     import uvicorn
 
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
     app = create_app(settings, models)
     config = uvicorn.Config(
         app,
