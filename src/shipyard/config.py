@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     trust_pickle: bool = Field(
         False, description="Allow loading pickle-based model files (can execute code)."
     )
+    spin: bool = Field(
+        False,
+        description="Let ONNX Runtime's threads spin between parallel sections: a little lower "
+        "latency on an idle machine, but it burns CPU the server's event loop needs.",
+    )
     device: str = Field("cpu", description="'cpu' or 'cuda' for runtimes that can use either.")
     max_batch_size: int | None = Field(None, ge=1, description="Override every model's batching.")
     max_queue_delay_us: int | None = Field(None, ge=0, description="Override every model's delay.")

@@ -22,10 +22,23 @@ ONNX_TYPES = {
 }
 
 
-def slow_onnx(path: Path, width: int = 512, depth: int = 24) -> Path:
-    """x [-1, width] -> y: `depth` chained matmuls, slow enough to hold the queue for a while."""
-    layers = [torch.nn.Linear(width, width, bias=False) for _ in range(depth)]
-    return export_onnx(torch.nn.Sequential(*layers), path, {"x": torch.zeros(2, width)}, ["y"])
+class Repeated(torch.nn.Module):
+    """One 512x512 layer applied `depth` times: slow per row, small on disk."""
+
+    def __init__(self, width: int = 512, depth: int = 64) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(width, width, bias=False)
+        self.depth = depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.depth):
+            x = self.layer(x)
+        return x
+
+
+def slow_onnx(path: Path) -> Path:
+    """x FP32 [-1, 512] -> y: about 34 MFLOP a row, so 8,000 rows hold the model for seconds."""
+    return export_onnx(Repeated(), path, {"x": torch.zeros(2, 512)}, ["y"])
 
 
 @pytest.fixture(scope="session")

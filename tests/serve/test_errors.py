@@ -108,25 +108,47 @@ def test_out_of_range_integers_are_refused(server: ServerProcess) -> None:
     assert r.status_code == 400 and "floating-point" in r.json()["error"]
 
 
+def slow_request(rows: int) -> tuple[bytes, dict[str, str]]:
+    """A binary V2 request for the slow model: cheap to send and parse, seconds to compute."""
+    import orjson
+
+    data = np.zeros((rows, 512), dtype=np.float32).tobytes()
+    head = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 512],
+                                     "parameters": {"binary_data_size": len(data)}}]})
+    return head + data, {"Inference-Header-Content-Length": str(len(head))}
+
+
+def wait_for(condition: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def queue_state(server: ServerProcess) -> dict[str, int]:
+    stats = httpx.get(f"{server.url}/v2/models/slow/stats").json()["model_stats"][0]
+    return {"queued": stats["queue_depth"], "running": stats["executing"]}
+
+
 def test_full_queue_answers_503_with_retry_after(fresh_repo: Repository) -> None:
     """One slow request runs, one waits in the queue (size 1): the next is refused at once."""
     server = ServerProcess(fresh_repo.root, "--models", "slow,digits", "--max-queue-size", "1", "--max-batch-size", "1")
     try:
-        big = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4000, 512], "data": [0.0] * (4000 * 512)}]}
-        small = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 512], "data": [0.0] * 512}]}
+        big, big_headers = slow_request(8000)
+        small, small_headers = slow_request(1)
         statuses: list[int] = []
 
-        def send(body: dict[str, object]) -> None:
-            statuses.append(post(server, "/v2/models/slow/infer", json=body).status_code)
+        def send(body: bytes, headers: dict[str, str]) -> None:
+            statuses.append(post(server, "/v2/models/slow/infer", content=body, headers=headers).status_code)
 
-        runner = threading.Thread(target=send, args=(big,))
+        runner = threading.Thread(target=send, args=(big, big_headers))
         runner.start()
-        time.sleep(1.0)  # the big request is now running
-        waiter = threading.Thread(target=send, args=(small,))
+        wait_for(lambda: queue_state(server) == {"queued": 0, "running": 1})
+        waiter = threading.Thread(target=send, args=(small, small_headers))
         waiter.start()
-        time.sleep(0.3)  # ...and this one waits in the queue
+        wait_for(lambda: queue_state(server) == {"queued": 1, "running": 1})
         t = time.monotonic()
-        r = post(server, "/v2/models/slow/infer", json=small)
+        r = post(server, "/v2/models/slow/infer", content=small, headers=small_headers)
         assert time.monotonic() - t < 0.5, "a full queue must refuse at once, not wait"
         assert r.status_code == 503, r.text
         assert "queue is full" in r.json()["error"] and r.headers["retry-after"] == "1"
@@ -140,14 +162,14 @@ def test_full_queue_answers_503_with_retry_after(fresh_repo: Repository) -> None
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(fresh_repo: Repository) -> None:
     server = ServerProcess(fresh_repo.root, "--models", "slow")
-    big = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3000, 512], "data": [0.0] * (3000 * 512)}]}
+    body, headers = slow_request(4000)
     result: list[httpx.Response] = []
-    t = threading.Thread(target=lambda: result.append(post(server, "/v2/models/slow/infer", json=big)))
+    t = threading.Thread(target=lambda: result.append(post(server, "/v2/models/slow/infer", content=body, headers=headers)))
     t.start()
-    time.sleep(1.0)
+    wait_for(lambda: queue_state(server)["running"] == 1)
     assert server.stop() == 0, server.output()
     t.join()
-    assert result and result[0].status_code == 200
-    assert result[0].json()["outputs"][0]["shape"] == [3000, 512]
+    assert result and result[0].status_code == 200, result
+    assert result[0].json()["outputs"][0]["shape"] == [4000, 512]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/v2/health/live")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -19,15 +19,23 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 
 def settings(**overrides: Any) -> Any:
     """Settings from the environment, with the CLI flags that were given on top."""
+    from pydantic import ValidationError
+
     from shipyard.config import Settings
 
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:  # e.g. SHIPYARD_PORT=abc: one line, not a traceback
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        fail(f"invalid settings ({problems}); check the SHIPYARD_* environment variables")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    # soft_wrap: one line however narrow the terminal; escape: paths like '[x]' are not markup.
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -66,6 +74,7 @@ def serve_cmd(
     max_queue_size: Annotated[int | None, typer.Option(help="Override every model's max_queue_size.")] = None,
     max_request_bytes: Annotated[int | None, typer.Option(help="Largest request body (413 beyond).")] = None,
     device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'.")] = None,
+    spin: Annotated[bool | None, typer.Option("--spin/--no-spin", help="Let ONNX Runtime threads spin between ops (default: no; spinning burns CPU the server needs).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle-based model files.")] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
@@ -74,7 +83,7 @@ def serve_cmd(
 
     s = run(settings, repository=repository, host=host, port=port, threads=threads,
             max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-            max_queue_size=max_queue_size, max_request_bytes=max_request_bytes, device=device,
+            max_queue_size=max_queue_size, max_request_bytes=max_request_bytes, device=device, spin=spin,
             trust_pickle=trust_pickle or None)
     if not s.repository.is_dir():
         fail(f"repository {s.repository} does not exist; run `shipyard demo --no-serve` or `shipyard models import`")
@@ -93,7 +102,7 @@ def models_list(repository: RepoOpt = None, as_json: JsonOpt = False) -> None:
     """Every model with its versions, formats and sizes."""
     from shipyard.cli import views
 
-    views.list_models(settings(repository=repository).repository, as_json)
+    run(views.list_models, settings(repository=repository).repository, as_json)
 
 
 @models_app.command("show")

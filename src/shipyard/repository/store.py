@@ -59,12 +59,27 @@ def _write_json_atomic(path: Path, data: str) -> None:
     os.replace(tmp, path)
 
 
+def _one_line(e: ValueError) -> str:
+    """A pydantic error as one line (its str() spans many), so CLI and HTTP errors stay one line."""
+    if not isinstance(e, ValidationError):
+        return str(e)
+    return "; ".join(
+        f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors()
+    )
+
+
+def _is_version_dir_name(name: str) -> bool:
+    # Only the names `path()` makes (1, 2, ...): '²' or '٣' pass str.isdigit(), and '02' would read
+    # as 2 while path(name, 2) points elsewhere.
+    return name.isascii() and name.isdigit() and not name.startswith("0")
+
+
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """'digits' -> ('digits', None); 'digits:2' -> ('digits', 2)."""
     name, sep, version = ref.partition(":")
     if not sep:
         return check_model_name(name), None
-    if not version.isdigit() or int(version) < 1:
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
         raise InvalidInput(f"version in {ref!r} must be a positive integer, as in '{name}:2'")
     return check_model_name(name), int(version)
 
@@ -140,7 +155,7 @@ class Repository:
             return []
         return sorted(
             int(p.name) for p in d.iterdir()
-            if p.name.isdigit() and (p / MANIFEST).is_file()
+            if _is_version_dir_name(p.name) and (p / MANIFEST).is_file()
         )
 
     def path(self, name: str, version: int) -> Path:
@@ -168,7 +183,7 @@ class Repository:
         try:
             return Manifest.model_validate_json(path.read_bytes())
         except ValidationError as e:
-            raise IntegrityError(f"manifest {path} is not valid: {e}") from None
+            raise IntegrityError(f"manifest {path} is not valid: {_one_line(e)}") from None
 
     def verify(self, manifest: Manifest) -> None:
         """Check every file against the sha256 recorded when it was published."""
@@ -189,7 +204,7 @@ class Repository:
         try:
             return ModelConfig.model_validate(json.loads(path.read_text()))
         except (ValueError, ValidationError) as e:
-            raise InvalidInput(f"{path} is not a valid model config: {e}") from None
+            raise InvalidInput(f"{path} is not a valid model config: {_one_line(e)}") from None
 
     def write_model_config(self, name: str, config: ModelConfig) -> None:
         check_model_name(name)
@@ -237,5 +252,11 @@ class Repository:
             return
         now = time.time()
         for p in d.iterdir():
-            if p.name.startswith(STAGING_PREFIX) and now - p.stat().st_mtime > STALE_STAGING_S:
+            if not p.name.startswith(STAGING_PREFIX):
+                continue
+            try:
+                mtime = p.stat().st_mtime
+            except FileNotFoundError:  # another writer committed or removed it meanwhile
+                continue
+            if now - mtime > STALE_STAGING_S:
                 shutil.rmtree(p, ignore_errors=True)

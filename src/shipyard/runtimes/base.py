@@ -22,6 +22,9 @@ class RuntimeOptions:
     threads: int = 1
     device: str = "cpu"
     trust_pickle: bool = False
+    # ONNX Runtime's pool threads spin after each parallel section by default. That wins a little
+    # latency on an idle machine and costs a core of CPU the server's event loop needs.
+    spin: bool = False
 
 
 class Runtime(ABC):

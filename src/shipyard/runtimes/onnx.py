@@ -47,6 +47,9 @@ class OnnxRuntime(Runtime):
         so.intra_op_num_threads = self.options.threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        spin = "1" if self.options.spin else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        so.add_session_config_entry("session.inter_op.allow_spinning", spin)
         providers = ["CPUExecutionProvider"]
         if self.options.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

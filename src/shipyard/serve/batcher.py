@@ -55,6 +55,7 @@ class DynamicBatcher:
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self.executing = 0
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -129,6 +130,7 @@ class DynamicBatcher:
 
     def _execute(self, batch: list[_Item]) -> None:
         start = time.perf_counter()
+        self.executing = len(batch)
         try:
             results = self._infer(batch)
         except Exception as exc:  # noqa: BLE001 - every failure is answered, none kills the thread
@@ -139,6 +141,7 @@ class DynamicBatcher:
                 return
             results = [exc]
         elapsed = time.perf_counter() - start
+        self.executing = 0
         st = self.stats
         st.executions += 1
         st.compute_s += elapsed

@@ -140,6 +140,8 @@ def _stats(lv: LoadedVersion) -> dict[str, Any]:
         "name": lv.name,
         "version": str(lv.version),
         "state": lv.state,
+        "queue_depth": lv.batcher.depth,
+        "executing": lv.batcher.executing,
         "inference_count": st.requests,
         "execution_count": st.executions,
         "inference_stats": {

@@ -78,7 +78,8 @@ class ModelManager:
                 lv.platform = manifest.format
                 self.repository.verify(manifest)
                 options = RuntimeOptions(threads=threads, device=self.settings.device,
-                                         trust_pickle=self.settings.trust_pickle)
+                                         trust_pickle=self.settings.trust_pickle,
+                                         spin=self.settings.spin)
                 runtime = runtime_for(manifest, self.repository.path(name, version), options)
                 runtime.load()
                 lv.runtime = runtime
