@@ -39,6 +39,12 @@ class BatchingConfig(BaseModel):
     max_queue_size: int = Field(
         256, ge=1, le=1_000_000, description="Requests waiting beyond this are refused with 503."
     )
+    adaptive: bool = Field(
+        True,
+        description="Under load (the previous batch held several requests), wait up to a tenth of "
+        "the previous batch's compute time (at most 5 ms) for as many requests to arrive again. "
+        "After a lone request it never waits.",
+    )
 
 
 class ModelConfig(BaseModel):
@@ -82,6 +88,7 @@ class Settings(BaseSettings):
     max_batch_size: int | None = Field(None, ge=1, description="Override every model's batching.")
     max_queue_delay_us: int | None = Field(None, ge=0, description="Override every model's delay.")
     max_queue_size: int | None = Field(None, ge=1, description="Override every model's queue bound.")
+    adaptive: bool | None = Field(None, description="Override every model's adaptive batching.")
 
     def batching_for(self, model: ModelConfig) -> BatchingConfig:
         """A model's batching with the process-wide overrides applied."""
@@ -91,6 +98,7 @@ class Settings(BaseSettings):
                 "max_batch_size": self.max_batch_size,
                 "max_queue_delay_us": self.max_queue_delay_us,
                 "max_queue_size": self.max_queue_size,
+                "adaptive": self.adaptive,
             }.items()
             if v is not None
         }

@@ -72,6 +72,7 @@ def serve_cmd(
     max_batch_size: Annotated[int | None, typer.Option(help="Override every model's max_batch_size (1 = batching off).")] = None,
     max_queue_delay_us: Annotated[int | None, typer.Option(help="Override every model's max_queue_delay_us.")] = None,
     max_queue_size: Annotated[int | None, typer.Option(help="Override every model's max_queue_size.")] = None,
+    adaptive: Annotated[bool | None, typer.Option("--adaptive/--no-adaptive", help="Override every model's adaptive batching (under load, wait briefly for the last batch's clients).")] = None,
     max_request_bytes: Annotated[int | None, typer.Option(help="Largest request body (413 beyond).")] = None,
     device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'.")] = None,
     spin: Annotated[bool | None, typer.Option("--spin/--no-spin", help="Let ONNX Runtime threads spin between ops (default: no; spinning burns CPU the server needs).")] = None,
@@ -83,7 +84,7 @@ def serve_cmd(
 
     s = run(settings, repository=repository, host=host, port=port, threads=threads,
             max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-            max_queue_size=max_queue_size, max_request_bytes=max_request_bytes, device=device, spin=spin,
+            max_queue_size=max_queue_size, adaptive=adaptive, max_request_bytes=max_request_bytes, device=device, spin=spin,
             trust_pickle=trust_pickle or None)
     if not s.repository.is_dir():
         fail(f"repository {s.repository} does not exist; run `shipyard demo --no-serve` or `shipyard models import`")

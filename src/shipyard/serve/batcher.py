@@ -22,6 +22,8 @@ from shipyard.config import BatchingConfig
 from shipyard.errors import InferenceFailed, ShipyardError, Unavailable
 from shipyard.runtimes import Runtime
 
+ADAPTIVE_MAX_WAIT_S = 0.005
+
 
 @dataclass(slots=True)
 class _Item:
@@ -56,6 +58,8 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self.executing = 0
+        self._last_requests = 0
+        self._last_compute_s = 0.0
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -102,6 +106,13 @@ class DynamicBatcher:
                 return batch
             rows = first.rows
             deadline = first.enqueued + self.config.max_queue_delay_us / 1e6
+            expected = 1
+            if self.config.adaptive and self._last_requests > 1:
+                # Under load, the clients of the last batch are sending their next requests right
+                # now: give them a tenth of the last compute time to arrive, so batches stay full
+                # instead of alternating full and nearly empty. A lone request never waits.
+                expected = self._last_requests
+                deadline = max(deadline, time.perf_counter() + min(0.1 * self._last_compute_s, ADAPTIVE_MAX_WAIT_S))
             while rows < self.config.max_batch_size:
                 taken = self._take_compatible(first.key, self.config.max_batch_size - rows)
                 if taken is not None:
@@ -110,6 +121,8 @@ class DynamicBatcher:
                     continue
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0 or self._closed:
+                    break
+                if len(batch) >= expected and self.config.max_queue_delay_us == 0:
                     break
                 self._cond.wait(remaining)
             return batch
@@ -142,6 +155,7 @@ class DynamicBatcher:
             results = [exc]
         elapsed = time.perf_counter() - start
         self.executing = 0
+        self._last_requests, self._last_compute_s = len(batch), elapsed
         st = self.stats
         st.executions += 1
         st.compute_s += elapsed
