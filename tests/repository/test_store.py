@@ -331,3 +331,37 @@ def test_write_model_config_checks_the_name(repo: Repository) -> None:
     with pytest.raises(InvalidInput, match="is not allowed"):
         repo.write_model_config("../escape", ModelConfig())
     assert not (repo.root.parent / "escape").exists()
+
+
+def test_removed_version_numbers_are_never_reused(tmp_path: Path) -> None:
+    from shipyard.repository import Repository, Signature, TensorSpec
+
+    repo = Repository(tmp_path / "repo")
+    sig = Signature(inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1])],
+                    outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1])])
+    for i in range(3):
+        with repo.publish("m", "onnx", sig) as st:
+            (st.path / "model.onnx").write_bytes(b"v%d" % i)
+    repo.remove("m", 3)
+    with repo.publish("m", "onnx", sig) as st:
+        (st.path / "model.onnx").write_bytes(b"new")
+    assert repo.versions("m") == [1, 2, 4]
+
+
+def test_names_are_checked_before_touching_disk(tmp_path: Path) -> None:
+    from shipyard.errors import InvalidInput
+    from shipyard.repository import Repository
+
+    repo = Repository(tmp_path / "repo")
+    for call in (lambda: repo.versions("../x"), lambda: repo.model_config("../x")):
+        with pytest.raises(InvalidInput, match="not allowed"):
+            call()
+
+
+def test_folders_that_are_not_model_names_are_ignored(tmp_path: Path) -> None:
+    from shipyard.repository import Repository
+
+    repo = Repository(tmp_path / "repo")
+    (repo.root / "not a model" / "1").mkdir(parents=True)
+    (repo.root / "not a model" / "1" / "manifest.json").write_text("{}")
+    assert repo.models() == []

@@ -74,20 +74,27 @@ def test_hf_runtime_matches_transformers(repo: Repository, bert: tuple[Any, Path
     rt.unload()
 
 
-def test_hf_folder_with_only_pickle_weights_is_refused(repo: Repository, bert: tuple[Any, Path], tmp_path: Path) -> None:
+def test_hf_folder_with_only_pickle_weights(repo: Repository, bert: tuple[Any, Path], tmp_path: Path) -> None:
+    """Refused by default (naming --trust-pickle); with trust, stored as safetensors and equal."""
     # What save_pretrained(safe_serialization=False) wrote (transformers 5 only writes safetensors).
     model, _ = bert
     folder = tmp_path / "bin-bert"
     model.config.save_pretrained(str(folder))
     torch.save(model.state_dict(), str(folder / "pytorch_model.bin"))
-    for trust in (False, True):
-        with pytest.raises(UnsafeModel) as e:
-            import_model(repo, folder, "bin-bert", trust_pickle=trust)
-        assert "pytorch_model.bin" in e.value.message and "safetensors" in e.value.message
+    with pytest.raises(UnsafeModel) as e:
+        import_model(repo, folder, "bin-bert")
+    assert "pytorch_model.bin" in e.value.message and "--trust-pickle" in e.value.message
     assert repo.models() == []
-    assert not (repo.root / "bin-bert").exists() or not any(
-        p.name.startswith(".staging-") for p in (repo.root / "bin-bert").iterdir()
-    )
+    m = import_model(repo, folder, "bin-bert", trust_pickle=True)
+    files = {f.path for f in m.files}
+    assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
+    rt = runtime_for(m, repo.path("bin-bert", m.version), RuntimeOptions(threads=1))
+    rt.load()
+    ids, mask = batch(2, 7)
+    with torch.no_grad():
+        expected = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+    np.testing.assert_allclose(rt.infer({"input_ids": ids, "attention_mask": mask}, ["logits"])["logits"],
+                               expected.numpy(), rtol=0, atol=1e-5)
 
 
 def test_hf_folder_without_weights(repo: Repository, bert: tuple[Any, Path], tmp_path: Path) -> None:

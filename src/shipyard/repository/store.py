@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from shipyard.config import ModelConfig
 from shipyard.errors import Conflict, IntegrityError, InvalidInput, NotFound
 from shipyard.repository.manifest import (
+    NAME_PATTERN,
     FileEntry,
     Lineage,
     Manifest,
@@ -30,6 +31,7 @@ from shipyard.repository.manifest import (
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
+LAST_VERSION = ".last_version"
 STAGING_PREFIX = ".staging-"
 STALE_STAGING_S = 24 * 3600
 
@@ -114,7 +116,8 @@ class Staging:
             raise InvalidInput(f"nothing to publish for model '{self.name}': no files were written")
         model_dir = self.repo.root / self.name
         with self.repo._lock(self.name):
-            version = max(self.repo.versions(self.name), default=0) + 1
+            # Numbers are never reused: a removed v3 must not come back as a different v3.
+            version = max([*self.repo.versions(self.name), self.repo._last_version(self.name)]) + 1
             manifest = Manifest(
                 name=self.name, version=version, format=self.format, files=files,
                 signature=self.signature, lineage=self.lineage, metrics=self.metrics,
@@ -126,6 +129,7 @@ class Staging:
             if target.exists():  # only a foreign writer ignoring the lock gets here
                 raise Conflict(f"version {version} of '{self.name}' appeared while publishing")
             os.rename(self.path, target)
+            _write_json_atomic(model_dir / LAST_VERSION, str(version))
             _fsync_dir(model_dir)
         self.manifest = manifest
         return manifest
@@ -146,10 +150,17 @@ class Repository:
             return []
         return sorted(
             p.name for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and self.versions(p.name)
+            if p.is_dir() and NAME_PATTERN.match(p.name) and self.versions(p.name)
         )
 
+    def _last_version(self, name: str) -> int:
+        try:
+            return int((self.root / name / LAST_VERSION).read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
     def versions(self, name: str) -> list[int]:
+        check_model_name(name)
         d = self.root / name
         if not d.is_dir():
             return []
@@ -198,6 +209,7 @@ class Repository:
                 )
 
     def model_config(self, name: str) -> ModelConfig:
+        check_model_name(name)
         path = self.root / name / CONFIG
         if not path.is_file():
             return ModelConfig()
@@ -241,6 +253,7 @@ class Repository:
         """Remove one version: it disappears at once (rename), then its files are deleted."""
         version = self.resolve(name, version)
         with self._lock(name):
+            version = self.resolve(name, version)  # again: another remover may have been first
             src = self.path(name, version)
             trash = self.root / name / f"{STAGING_PREFIX}removed-{version}-{uuid.uuid4().hex}"
             os.rename(src, trash)

@@ -1,7 +1,7 @@
 """Hugging Face transformers folders (config.json + safetensors weights), run by PyTorch.
 
 Only safetensors weights are loaded: a folder holding only `pytorch_model.bin` (a pickle) is refused
-unless the user trusts pickle files.
+unless the user trusts pickle files; then the weights are loaded once and stored as safetensors.
 """
 
 from __future__ import annotations
@@ -36,6 +36,26 @@ def _architecture(config: dict[str, Any], source: Path) -> str:
             "save_pretrained() so the class is recorded"
         )
     return str(archs[0])
+
+
+def _resave_as_safetensors(source: Path, dest: Path) -> None:
+    """With --trust-pickle only: load the pickled weights once and store them as safetensors, so the
+    repository itself never holds a file whose loading runs code."""
+    import torch
+    import transformers
+
+    arch = _architecture(_config(source), source)
+    cls = getattr(transformers, arch, None)
+    if cls is None:
+        raise InvalidInput(f"transformers has no class '{arch}' (installed {transformers.__version__})")
+    state: dict[str, Any] = {}
+    for p in sorted(source.iterdir()):
+        if p.suffix in (".bin", ".pt", ".pth"):
+            state.update(torch.load(str(p), map_location="cpu", weights_only=False))
+    config = transformers.AutoConfig.from_pretrained(str(source), local_files_only=True)
+    model = cls(config)
+    model.load_state_dict(state, strict=False)
+    model.save_pretrained(str(dest), safe_serialization=True)
 
 
 class HFTransformersRuntime(Runtime):
@@ -99,14 +119,17 @@ class HFTransformersRuntime(Runtime):
     def stage(cls, source: Path, dest: Path, options: RuntimeOptions) -> dict[str, Any]:
         weights = [p for p in source.iterdir() if p.suffix in WEIGHT_SUFFIXES]
         pickled = [p.name for p in source.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
-        if not weights:
-            if pickled:
-                raise UnsafeModel(
-                    f"{source} holds only pickle weights ({', '.join(pickled)}); loading them can run "
-                    "code. Re-save with save_pretrained(safe_serialization=True) to get safetensors."
-                )
+        if not weights and not pickled:
             raise InvalidInput(f"{source} has config.json but no *.safetensors weights")
+        if not weights and not options.trust_pickle:
+            raise UnsafeModel(
+                f"{source} holds only pickle weights ({', '.join(pickled)}); loading them can run "
+                "code. Re-save with save_pretrained(safe_serialization=True), or pass --trust-pickle "
+                "to load them once and store them as safetensors"
+            )
         for p in source.iterdir():
             if p.is_file() and p.suffix in COPY_SUFFIXES:
                 shutil.copyfile(p, dest / p.name)
+        if not weights:
+            _resave_as_safetensors(source, dest)
         return {"architecture": _architecture(_config(source), source)}

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInput, NotFound, UnsafeModel
-from shipyard.repository import Lineage, Manifest, Repository, Signature, TensorSpec
+from shipyard.repository import Lineage, Manifest, Repository, Signature, TensorSpec, check_model_name
 from shipyard.runtimes import REGISTRY, Runtime, RuntimeOptions
 from shipyard.runtimes.torchfiles import is_pickle
 
@@ -92,6 +92,7 @@ def _export_pickled_module(source: Path, inputs: list[TensorSpec] | None, dest: 
 def import_model(repo: Repository, source: str | Path, name: str, *,
                  inputs: list[TensorSpec] | None = None, outputs: list[TensorSpec] | None = None,
                  trust_pickle: bool = False, metrics: dict[str, Any] | None = None) -> Manifest:
+    check_model_name(name)
     source = Path(source)
     if not source.exists():
         raise NotFound(f"{source} does not exist")
