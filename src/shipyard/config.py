@@ -40,10 +40,12 @@ class BatchingConfig(BaseModel):
         256, ge=1, le=1_000_000, description="Requests waiting beyond this are refused with 503."
     )
     adaptive: bool = Field(
-        True,
+        False,
         description="Under load (the previous batch held several requests), wait up to a tenth of "
-        "the previous batch's compute time (at most 5 ms) for as many requests to arrive again. "
-        "After a lone request it never waits.",
+        "the previous batch's compute time (at most 5 ms) for as many requests as were in the "
+        "last round to arrive again. After a lone request it never waits. Off by default: it "
+        "fills batches (small BERT at c=16: mostly 16 instead of 4-9) but gave no throughput gain "
+        "on a 2-core machine where the client shares the cores (BENCHMARKS.md).",
     )
 
 

@@ -154,3 +154,22 @@ def test_repository_index_load_unload(client: http.InferenceServerClient, server
     assert client.is_model_ready("two")
     r = httpx.post(f"{server.url}/v2/repository/index", json={"ready": True})
     assert all(m["state"] == "READY" for m in r.json()) and any(m["name"] == "two" for m in r.json())
+
+
+def test_adaptive_batching_answers_each_client_its_own_rows(serve_repo: Repository) -> None:
+    server = ServerProcess(serve_repo.root, "--models", "digits", "--adaptive")
+    try:
+        pixels, _ = digits_test()
+        local = in_process_logits(serve_repo, 2, pixels)
+
+        def one(i: int) -> np.ndarray:
+            return classify(http.InferenceServerClient(f"127.0.0.1:{server.port}"), pixels[i : i + 1], binary=True)
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(one, range(200)))
+        for i, logits in enumerate(results):
+            np.testing.assert_allclose(logits, local[i : i + 1], rtol=1e-4, atol=1e-4)
+        sizes = httpx.get(f"{server.url}/v2/models/digits/versions/2/stats").json()["model_stats"][0]["batch_sizes"]
+        assert sum(int(k) * v for k, v in sizes.items()) == 200
+    finally:
+        assert server.stop() == 0

@@ -6,12 +6,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from shipyard.errors import InvalidInput
 from shipyard.repository import Signature, TensorSpec
-from shipyard.runtimes.base import Runtime, RuntimeOptions
-from shipyard.runtimes.torchfiles import torch_to_v2, zip_kind
+from shipyard.runtimes.base import RuntimeOptions
+from shipyard.runtimes.torchfiles import TorchModuleRuntime, torch_to_v2, zip_kind
 
 FILE = "model.pt2"
 
@@ -39,33 +38,14 @@ def signature_of(program: Any) -> Signature:
     return Signature(inputs=inputs, outputs=outputs)
 
 
-class TorchExportRuntime(Runtime):
+class TorchExportRuntime(TorchModuleRuntime):
     format = "torch-export"
     description = "torch.export program run by PyTorch"
 
-    def load(self) -> None:
+    def _open(self, device: Any) -> Any:
         import torch
 
-        self.torch = torch
-        self.device = torch.device(self.options.device if torch.cuda.is_available() else "cpu")
-        torch.set_num_threads(self.options.threads)
-        program = torch.export.load(str(self.path / FILE))
-        self.module = program.module().to(self.device)
-        self.input_names = [t.name for t in self.signature.inputs]
-        self.output_names = [t.name for t in self.signature.outputs]
-
-    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        torch = self.torch
-        with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self.input_names]
-            result = self.module(*args)
-        if isinstance(result, torch.Tensor):
-            result = (result,)
-        by_name = dict(zip(self.output_names, result, strict=True))
-        return {n: by_name[n].detach().cpu().numpy() for n in outputs}
-
-    def unload(self) -> None:
-        self.module = None
+        return torch.export.load(str(self.path / FILE)).module().to(device)
 
     @classmethod
     def claims(cls, source: Path) -> bool:

@@ -60,6 +60,7 @@ class DynamicBatcher:
         self.executing = 0
         self._last_requests = 0
         self._last_compute_s = 0.0
+        self._queued_after_last = 0
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -111,7 +112,7 @@ class DynamicBatcher:
                 # Under load, the clients of the last batch are sending their next requests right
                 # now: give them a tenth of the last compute time to arrive, so batches stay full
                 # instead of alternating full and nearly empty. A lone request never waits.
-                expected = self._last_requests
+                expected = min(self._last_requests + self._queued_after_last, self.config.max_batch_size)
                 deadline = max(deadline, time.perf_counter() + min(0.1 * self._last_compute_s, ADAPTIVE_MAX_WAIT_S))
             while rows < self.config.max_batch_size:
                 taken = self._take_compatible(first.key, self.config.max_batch_size - rows)
@@ -155,7 +156,10 @@ class DynamicBatcher:
             results = [exc]
         elapsed = time.perf_counter() - start
         self.executing = 0
+        # Clients seen in the last round: those just answered plus those that queued meanwhile.
+        # Counting both lets two half-size groups that alternate merge into full batches.
         self._last_requests, self._last_compute_s = len(batch), elapsed
+        self._queued_after_last = len(self._queue)
         st = self.stats
         st.executions += 1
         st.compute_s += elapsed
