@@ -25,7 +25,13 @@ def preflight(cfg: TrainConfig, repository: Path | None, resume: bool) -> None:
 
     if cfg.task is None:
         raise InvalidInput("the config has no task; `shipyard train` needs `task: {name: ...}`")
-    resolve(cfg.task.name)
+    import inspect
+
+    factory = resolve(cfg.task.name)
+    try:  # unknown options are named now, without building the task (which loads its data)
+        inspect.signature(factory).bind(**cfg.task.options)
+    except TypeError as e:
+        raise InvalidInput(f"task.options for {cfg.task.name!r}: {e}") from None
     if cfg.distill is not None:
         if repository is None:
             raise InvalidInput("distill.teacher names a repository version: give --repository")
