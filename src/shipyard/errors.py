@@ -46,3 +46,7 @@ class IntegrityError(ShipyardError):
 
 class InferenceFailed(ShipyardError):
     """The runtime raised while computing: the model, not the request, is at fault."""
+
+
+class TrainingFailed(ShipyardError):
+    """A training job that ended with an error on one of its ranks; the message names the rank."""

@@ -143,6 +143,23 @@ def models_remove(ref: Annotated[str, typer.Argument(help="NAME:VERSION to remov
     typer.echo(f"removed {name}:{version}")
 
 
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Argument(help="Training config (YAML); see examples/train/.")],
+    nproc: Annotated[int, typer.Option("--nproc", help="Ranks on this machine (>1: launched with torchrun).")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint that passes its checksums.")] = False,
+    repository: RepoOpt = None,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines in the job (torchrun rendezvous).")] = 1,
+    rdzv_endpoint: Annotated[str | None, typer.Option("--rdzv-endpoint", help="HOST:PORT of the rendezvous, for --nnodes > 1.")] = None,
+    rdzv_id: Annotated[str, typer.Option("--rdzv-id", help="Job id shared by every node.")] = "shipyard",
+) -> None:
+    """Train as the config says (one process, DDP or FSDP ranks), checkpoint, and publish."""
+    from shipyard.train.launch import launch
+
+    run(launch, config, nproc=nproc, resume=resume, repository=settings(repository=repository).repository,
+        nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
+
+
 def main() -> None:
     try:
         app()

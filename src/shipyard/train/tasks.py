@@ -1,0 +1,116 @@
+"""Tasks: what the loop trains (model, data, loss, evaluation, export). One registry line each.
+
+A `Task` is plain data built by a factory `factory(**options) -> Task`. The loop knows nothing of
+digits or language models; it asks the task. Users add their own with `task.name:
+"package.module:factory"` in the config.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from shipyard.errors import InvalidInput
+from shipyard.repository import Signature
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every position (works for [B, C] and [B, T, C] logits)."""
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+@dataclass
+class Task:
+    """What an implementer must give: a model factory (called once per rank, after seeding, so
+    every rank starts from the same weights), training data of `(inputs..., target)` samples, and
+    an export for publishing. `evaluate` returns metrics for the manifest (run on rank 0 only)."""
+
+    name: str
+    build_model: Callable[[], nn.Module]
+    train_data: Dataset[Any]
+    signature: Signature
+    export: Callable[[nn.Module, Path], None]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def digits(subset: int | None = None, dropout: float = 0.2, eval_subset: int | None = None) -> Task:
+    """The digits CNN (`shipyard.zoo.digits`) on scikit-learn's bundled digits, train split.
+
+    subset: train on the first N samples only (small, fast runs; distillation on little data).
+    dropout: the CNN's dropout probability (0 makes runs bit-comparable across rank counts).
+    """
+    from shipyard.zoo import digits as zoo
+
+    if subset is not None and subset < 1:
+        raise InvalidInput(f"task.options.subset must be at least 1, got {subset}")
+    if not 0 <= dropout < 1:
+        raise InvalidInput(f"task.options.dropout must be in [0, 1), got {dropout}")
+    train = zoo.load("train")
+    test = zoo.load("test")
+    n = len(train.labels) if subset is None else min(subset, len(train.labels))
+    data = TensorDataset(torch.from_numpy(train.pixels[:n]), torch.from_numpy(train.labels[:n]))
+    m = len(test.labels) if eval_subset is None else min(eval_subset, len(test.labels))
+    test_x, test_y = torch.from_numpy(test.pixels[:m]), torch.from_numpy(test.labels[:m])
+
+    def build() -> nn.Module:
+        model = zoo.DigitsCNN()
+        for mod in model.modules():
+            if isinstance(mod, nn.Dropout):
+                mod.p = dropout
+        return model
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        with torch.inference_mode():
+            logits = model(test_x)
+        return {
+            "accuracy": float((logits.argmax(1) == test_y).float().mean()),
+            "eval_loss": float(cross_entropy(logits, test_y)),
+        }
+
+    return Task(
+        name="digits", build_model=build, train_data=data, signature=zoo.SIGNATURE,
+        export=zoo.export_program, evaluate=evaluate,
+        options={"subset": subset, "dropout": dropout, "eval_subset": eval_subset},
+    )
+
+
+REGISTRY: dict[str, Callable[..., Task]] = {"digits": digits}
+
+
+def resolve(name: str) -> Callable[..., Task]:
+    """A task factory by registry name or 'package.module:attr'."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    module, sep, attr = name.partition(":")
+    if not sep:
+        raise InvalidInput(
+            f"task.name {name!r} is not a known task; known: {', '.join(sorted(REGISTRY))}, "
+            "or 'package.module:factory' for your own"
+        )
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise InvalidInput(f"task.name {name!r} cannot be imported: {e}") from None
+    if not callable(found):
+        raise InvalidInput(f"task.name {name!r} is not callable")
+    return found  # type: ignore[no-any-return]
+
+
+def build_task(name: str, options: dict[str, Any]) -> Task:
+    factory = resolve(name)
+    try:
+        task = factory(**options)
+    except TypeError as e:  # an unknown option: name it
+        raise InvalidInput(f"task.options for {name!r}: {e}") from None
+    if not isinstance(task, Task):
+        raise InvalidInput(f"task {name!r} returned {type(task).__name__}, not a shipyard.train.Task")
+    return task
