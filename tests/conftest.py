@@ -18,3 +18,12 @@ def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Repository:
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Repository]:
     yield Repository(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def lm_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random GPT-2 and Llama folders (safetensors + tokenizer), built once per session."""
+    from tests.fixtures import build_tiny_lm
+
+    base = tmp_path_factory.mktemp("lms")
+    return {family: build_tiny_lm(base / family, family) for family in ("gpt2", "llama")}

@@ -31,6 +31,7 @@ class EngineStats:
     cancelled: int = 0
     failed: int = 0
     steps: int = 0
+    most_in_a_step: int = 0  # sequences in the fullest step so far: proof the batch really was shared
     prompt_tokens: int = 0
     generated_tokens: int = 0
     compute_s: float = 0.0
@@ -157,6 +158,7 @@ class Engine:
         logits = self.lm.forward(batch)
         self.stats.compute_s += time.perf_counter() - start
         self.stats.steps += 1
+        self.stats.most_in_a_step = max(self.stats.most_in_a_step, len(scheduled))
         # prepare() puts decoders first: logits rows follow that order.
         order = [s for s, seg in scheduled if seg.length == 1 and seg.start > 0] + \
                 [s for s, seg in scheduled if not (seg.length == 1 and seg.start > 0)]

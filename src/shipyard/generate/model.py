@@ -141,7 +141,10 @@ class PagedLM:
             width = self.pool.blocks_for(longest)
             table = torch.tensor([(s.blocks + [0] * width)[:width] for s in decoders])
             lengths = torch.tensor([s.start + 1 for s in decoders])
-            batch.decode_slots = table[:, span // bs] * bs + span % bs
+            # Past its length a row re-reads its own last token: the mask hides it, and every slot
+            # read holds a real value (an unwritten slot may hold NaN, and 0 * NaN is NaN).
+            pos = torch.minimum(span[None, :], lengths[:, None] - 1)
+            batch.decode_slots = table.gather(1, pos // bs) * bs + pos % bs
             batch.decode_mask = (span[None, :] < lengths[:, None])[:, None, None, :]
         row = len(decoders)
         for s in others:
