@@ -26,4 +26,7 @@ def lm_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tests.fixtures import build_tiny_lm
 
     base = tmp_path_factory.mktemp("lms")
-    return {family: build_tiny_lm(base / family, family) for family in ("gpt2", "llama")}
+    folders = {family: build_tiny_lm(base / family, family) for family in ("gpt2", "llama")}
+    # A long context, so that one request can hold a slot for seconds (queue and cancel tests).
+    folders["gpt2-long"] = build_tiny_lm(base / "gpt2-long", "gpt2", context=4096)
+    return folders

@@ -102,6 +102,7 @@ def serve(settings: Settings, models: list[str] | None = None, log_level: str = 
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
+    logging.getLogger("shipyard.generate").setLevel(logging.INFO)
     app = create_app(settings, models)
     config = uvicorn.Config(
         app,
