@@ -12,6 +12,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Turn a trained model into a fast, compact, versioned service.")
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect, import and remove models.")
 app.add_typer(models_app, name="models")
+from shipyard.cli.zoo import zoo_app  # noqa: E402 - typer apps only; the work imports lazily
+
+app.add_typer(zoo_app, name="zoo")
 
 RepoOpt = Annotated[Path | None, typer.Option("--repository", "-r", help="Model repository folder [env SHIPYARD_REPOSITORY; default ./model-repository].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -56,7 +59,7 @@ def demo(
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
 ) -> None:
-    """Train the digits classifier, publish it as PyTorch (v1) and ONNX (v2), compare, and serve."""
+    """Train the digits classifier (PyTorch v1, ONNX v2) and code-lm (a small LM of Python), and serve them."""
     from shipyard.cli.demo import run_demo
 
     run(run_demo, settings(repository=repository, host=host, port=port), serve=serve)
