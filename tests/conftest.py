@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,3 +31,17 @@ def lm_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # A long context, so that one request can hold a slot for seconds (queue and cancel tests).
     folders["gpt2-long"] = build_tiny_lm(base / "gpt2-long", "gpt2", context=4096)
     return folders
+
+
+@pytest.fixture(scope="session")
+def code_lm_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Repository, Any]:
+    """`shipyard zoo train code-lm` at a tiny scale (3 steps, 6 files): the real command, quick."""
+    import subprocess
+
+    from tests.fixtures import SHIPYARD
+
+    root = tmp_path_factory.mktemp("code-lm") / "repo"
+    done = subprocess.run([*SHIPYARD, "zoo", "train", "code-lm", "--repository", str(root), "--steps", "3",
+                           "--max-files", "6", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return Repository(root), done

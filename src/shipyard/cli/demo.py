@@ -117,7 +117,7 @@ def build_code_lm(repo: Repository, threads: int) -> Manifest:
     mt = found.metrics
     console.print(f"{code_lm.NAME}:{found.version}: {mt.get('parameters', 0):,} parameters, held-out perplexity "
                   f"{mt.get('heldout_perplexity', float('nan')):.2f} ({mt.get('heldout_files')} standard-library "
-                  "files never seen in training)", highlight=False)
+                  "files held out)", highlight=False, soft_wrap=True)
     return found
 
 

@@ -39,4 +39,4 @@ def train_code_lm(
         f"published {manifest.name}:{manifest.version} ({metrics['parameters']:,} parameters, "
         f"{metrics['train_steps']} steps in {metrics['train_seconds']} s): held-out perplexity "
         f"[bold]{metrics['heldout_perplexity']:.2f}[/] on {metrics['heldout_files']} standard-library files "
-        "never seen in training", highlight=False)
+        "never seen in training", highlight=False, soft_wrap=True)
