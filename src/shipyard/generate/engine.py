@@ -123,7 +123,6 @@ class Engine:
 
     # -- the engine thread --------------------------------------------------------------------
     def _run(self) -> None:
-        self.torch.set_num_threads(self.torch.get_num_threads())
         while True:
             with self._cond:
                 while not self._inbox and self.scheduler.idle and not self._closed:
