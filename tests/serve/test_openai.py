@@ -161,6 +161,18 @@ def test_client_that_leaves_frees_its_slot(lm_server: ServerProcess, client: ope
     assert int(line.split("cancelled after ")[1].split()[0]) < 4000
 
 
+def test_non_streaming_client_that_leaves_is_cancelled_too(lm_server: ServerProcess, client: openai.OpenAI) -> None:
+    before = lm_server.output().count("cancelled after")
+    body = {"model": "lm-one", "prompt": "class", "max_tokens": 4000, "ignore_eos": True}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{lm_server.url}/v1/completions", json=body, timeout=0.5)  # gives up, disconnects
+    deadline = time.monotonic() + 10
+    while lm_server.output().count("cancelled after") == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lm_server.output().count("cancelled after") == before + 1
+    assert client.completions.create(model="lm-one", prompt="import", **GREEDY).choices[0].finish_reason == "length"
+
+
 def test_full_queue_is_503_with_retry_after(lm_server: ServerProcess) -> None:
     long = {"model": "lm-one", "prompt": PROMPT, "max_tokens": 4000, "stream": True, "ignore_eos": True}
     with httpx.Client(base_url=lm_server.url, timeout=30) as http:

@@ -17,6 +17,7 @@ def train_code_lm(
     repository: Annotated[Path | None, typer.Option("--repository", "-r", help="Model repository folder [env SHIPYARD_REPOSITORY].")] = None,
     size: Annotated[str, typer.Option(help="demo (about 2 min on 2 cores) or small (longer, better text).")] = "demo",
     steps: Annotated[int | None, typer.Option(help="Override the size's number of training steps.")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Override the size's wall-clock cap on training (the demo stops at 150 s, however many steps ran).")] = None,
     max_files: Annotated[int | None, typer.Option(help="Train on only the first N standard-library files (quick checks).")] = None,
     threads: Annotated[int | None, typer.Option(help="Training threads (default: all cores).")] = None,
 ) -> None:
@@ -32,7 +33,11 @@ def train_code_lm(
     if size not in code_lm.SIZES:
         fail(f"unknown size '{size}'; choose one of {', '.join(code_lm.SIZES)}")
     s = settings(repository=repository)
-    chosen = code_lm.SIZES[size] if steps is None else replace(code_lm.SIZES[size], steps=steps)
+    chosen = code_lm.SIZES[size]
+    if steps is not None:
+        chosen = replace(chosen, steps=steps)
+    if max_seconds is not None:
+        chosen = replace(chosen, max_seconds=max_seconds)
     model, tokenizer, metrics = code_lm.train(chosen, max_files=max_files, threads=threads or s.threads)
     manifest = run(code_lm.publish, Repository(s.repository), model, tokenizer, metrics, size)
     Console().print(
