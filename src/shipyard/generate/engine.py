@@ -159,10 +159,8 @@ class Engine:
         self.stats.steps += 1
         self.stats.most_in_a_step = max(self.stats.most_in_a_step, len(scheduled))
         # prepare() puts decoders first: logits rows follow that order.
-        order = [s for s, seg in scheduled if seg.length == 1 and seg.start > 0] + \
-                [s for s, seg in scheduled if not (seg.length == 1 and seg.start > 0)]
-        segs = {id(s): seg for s, seg in scheduled}
-        sampling = [s for s in order if segs[id(s)].wants_logits]
+        order = [p for p in scheduled if p[1].is_decode] + [p for p in scheduled if not p[1].is_decode]
+        sampling = [s for s, seg in order if seg.wants_logits]
         for seq, seg in scheduled:
             seq.computed += seg.length
         tokens, logprobs = sample(logits, sampling)

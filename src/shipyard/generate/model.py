@@ -33,6 +33,11 @@ class Segment:
     def length(self) -> int:
         return len(self.tokens)
 
+    @property
+    def is_decode(self) -> bool:
+        """One new token after cached ones: batched with the other decoders' attention."""
+        return self.length == 1 and self.start > 0
+
 
 @dataclass
 class StepBatch:
@@ -124,8 +129,8 @@ class PagedLM:
         pos: list[int] = []
         write: list[int] = []
         logit_rows: list[int] = []
-        decoders = [s for s in segments if s.length == 1 and s.start > 0]
-        others = [s for s in segments if not (s.length == 1 and s.start > 0)]
+        decoders = [s for s in segments if s.is_decode]
+        others = [s for s in segments if not s.is_decode]
         for s in decoders + others:
             for i, tok in enumerate(s.tokens):
                 p = s.start + i
