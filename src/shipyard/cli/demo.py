@@ -125,7 +125,7 @@ def code_lm_examples(host: str, port: int) -> str:
     return f"""[bold]code-lm[/] over OpenAI's API:
 
   curl -s {host}:{port}/v1/completions -H 'content-type: application/json' \\
-    -d '{{"model":"code-lm","prompt":"def fibonacci(n):","max_tokens":48,"temperature":0}}'
+    -d '{{"model":"code-lm","prompt":"def __init__(self, ","max_tokens":40,"temperature":0}}'
 """
 
 

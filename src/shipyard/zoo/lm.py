@@ -24,20 +24,24 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
 
 
 def build_model(family: str, vocab_size: int, *, layers: int, hidden: int, heads: int,
-                context: int, kv_heads: int | None = None, init_std: float = 0.02) -> Any:
-    """A randomly initialised GPT2LMHeadModel or LlamaForCausalLM."""
+                context: int, kv_heads: int | None = None, init_std: float = 0.02,
+                dropout: float = 0.0) -> Any:
+    """A randomly initialised GPT2LMHeadModel or LlamaForCausalLM. Dropout defaults to 0: the
+    models here train for minutes on a few megabytes, far from overfitting."""
     import torch  # noqa: F401 - transformers needs it loaded
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     if family == "gpt2":
         cfg = GPT2Config(vocab_size=vocab_size, n_positions=context, n_embd=hidden, n_layer=layers,
-                         n_head=heads, initializer_range=init_std, bos_token_id=0, eos_token_id=0)
+                         n_head=heads, initializer_range=init_std, bos_token_id=0, eos_token_id=0,
+                         resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
         return GPT2LMHeadModel(cfg).eval()
     if family == "llama":
         cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 3,
                           num_hidden_layers=layers, num_attention_heads=heads,
                           num_key_value_heads=kv_heads or heads, max_position_embeddings=context,
-                          initializer_range=init_std, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+                          initializer_range=init_std, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                          attention_dropout=dropout)
         return LlamaForCausalLM(cfg).eval()
     raise ValueError(f"unknown family {family!r}; use 'gpt2' or 'llama'")
 
