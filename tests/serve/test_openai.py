@@ -113,6 +113,15 @@ def test_chat_whole_streamed_n_and_logprobs(client: openai.OpenAI) -> None:
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
+def test_a_list_of_prompts_times_n(client: openai.OpenAI) -> None:
+    one = client.completions.create(model="lm", prompt=PROMPT, **GREEDY).choices[0].text
+    other = client.completions.create(model="lm", prompt="import", **GREEDY).choices[0].text
+    r = client.completions.create(model="lm", prompt=[PROMPT, "import"], n=2, **GREEDY)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert [c.text for c in r.choices] == [one, one, other, other]
+    assert r.usage is not None and r.usage.completion_tokens == 4 * 12
+
+
 def test_stop_string(client: openai.OpenAI) -> None:
     full = client.completions.create(model="lm", prompt=PROMPT, **GREEDY).choices[0].text
     stop = full[4:6]
