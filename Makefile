@@ -30,3 +30,6 @@ lock:
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
+
+bench-generate: setup
+	$(BIN)/python bench/generate.py

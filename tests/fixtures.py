@@ -116,3 +116,25 @@ def digits_test() -> tuple[np.ndarray, np.ndarray]:
 
     split = digits.load("test")
     return split.pixels, split.labels
+
+
+# -- tiny causal LMs (issue 5) ----------------------------------------------------------------
+LM_TEXTS = [
+    "def add(a, b):\n    return a + b\n",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
+    "import os\nfor name in os.listdir('.'):\n    print(name)\n",
+    "while True:\n    break\n# the end\n",
+]
+
+
+def build_tiny_lm(folder: Path, family: str = "gpt2", context: int = 128) -> Path:
+    """A randomly initialised causal LM (2 layers, hidden 64) with a byte-level BPE tokenizer,
+    saved as a Hugging Face folder. A wide init spreads the logits so greedy picks are far from
+    ties, and greedy output can be compared token for token with transformers' generate."""
+    from shipyard.zoo import lm
+
+    tokenizer = lm.train_tokenizer(LM_TEXTS * 8, 320)
+    torch.manual_seed(0)
+    model = lm.build_model(family, len(tokenizer), layers=2, hidden=64, heads=4, context=context,
+                           kv_heads=2 if family == "llama" else None, init_std=0.3)
+    return lm.save(model, tokenizer, folder)

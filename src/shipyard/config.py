@@ -49,6 +49,34 @@ class BatchingConfig(BaseModel):
     )
 
 
+class GenerationConfig(BaseModel):
+    """The generation engine of one causal LM (continuous batching over a paged KV cache)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kv_cache_mb: int = Field(
+        512, ge=1, le=1_000_000,
+        description="Memory preallocated for the KV cache. Requests whose prompt plus max_tokens "
+        "do not fit in what is free wait in the queue.",
+    )
+    block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV-cache block.")
+    max_num_seqs: int = Field(
+        32, ge=1, le=4096, description="Most sequences decoded together in one step."
+    )
+    max_batched_tokens: int = Field(
+        256, ge=16, le=1_000_000,
+        description="Token budget of one step: decoders take one each, prompts are prefilled in "
+        "chunks with what is left, so a long prompt never stalls the decoders.",
+    )
+    max_queue_size: int = Field(
+        256, ge=1, le=1_000_000,
+        description="Requests waiting for a slot beyond this are refused (503 with Retry-After).",
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="Longest prompt + completion; default: the model's positions."
+    )
+
+
 class ModelConfig(BaseModel):
     """Per-model serving config (`<repository>/<model>/config.json`)."""
 
@@ -62,6 +90,9 @@ class ModelConfig(BaseModel):
     )
     versions: list[int] = Field(default_factory=list, description="Versions loaded by 'specific'.")
     threads: int | None = Field(None, ge=1, le=256, description="Intra-op threads for this model.")
+    generation: GenerationConfig = Field(
+        default_factory=GenerationConfig, description="Generation engine settings (causal LMs only)."
+    )
 
 
 class Settings(BaseSettings):
@@ -91,6 +122,8 @@ class Settings(BaseSettings):
     max_queue_delay_us: int | None = Field(None, ge=0, description="Override every model's delay.")
     max_queue_size: int | None = Field(None, ge=1, description="Override every model's queue bound.")
     adaptive: bool | None = Field(None, description="Override every model's adaptive batching.")
+    kv_cache_mb: int | None = Field(None, ge=1, description="Override every LM's KV-cache memory.")
+    max_num_seqs: int | None = Field(None, ge=1, description="Override every LM's running-sequence limit.")
 
     def batching_for(self, model: ModelConfig) -> BatchingConfig:
         """A model's batching with the process-wide overrides applied."""
@@ -105,3 +138,10 @@ class Settings(BaseSettings):
             if v is not None
         }
         return model.batching.model_copy(update=overrides)
+
+
+def generation_for(settings: Settings, model: ModelConfig) -> GenerationConfig:
+    """A model's generation settings with the process-wide overrides applied."""
+    overrides = {k: v for k, v in {"kv_cache_mb": settings.kv_cache_mb,
+                                   "max_num_seqs": settings.max_num_seqs}.items() if v is not None}
+    return model.generation.model_copy(update=overrides)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -237,12 +238,15 @@ def test_demo_models_are_accurate(digits_repo: Repository) -> None:
     assert digits_repo.model_config("digits").version_policy == "all"
 
 
-def test_demo_reuses_what_it_built(digits_copy: Path) -> None:
-    """digits_repo was built by the demo's own build(): this is the demo's second run."""
+def test_demo_reuses_what_it_built(digits_copy: Path, code_lm_repo: tuple[Repository, Any]) -> None:
+    """digits_repo was built by the demo's own build(), code-lm by `shipyard zoo train code-lm`:
+    this is the demo's second run."""
+    shutil.copytree(code_lm_repo[0].root / "code-lm", digits_copy / "code-lm")
     before = {v: Repository(digits_copy).manifest("digits", v) for v in (1, 2)}
     r = shipyard("demo", "--no-serve", "--repository", digits_copy)
     assert r.returncode == 0, r.stderr
     assert "reusing digits:1 and digits:2" in r.stdout
+    assert "reusing code-lm:1" in r.stdout and "held-out perplexity" in r.stdout
     assert "training" not in r.stdout
     assert "accuracy" in r.stdout  # the comparison table
     repo = Repository(digits_copy)

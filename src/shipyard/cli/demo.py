@@ -103,14 +103,42 @@ def client_examples(host: str, port: int) -> str:
 """
 
 
+def build_code_lm(repo: Repository, threads: int) -> Manifest:
+    """The code-lm demo LM (issue 5): trained once (about 2 minutes), then reused."""
+    from shipyard.zoo import code_lm
+
+    found = code_lm.existing(repo)
+    if found is None:
+        console.print("training code-lm on Python's standard library (once; about 2 minutes)...")
+        model, tokenizer, metrics = code_lm.train(code_lm.SIZES["demo"], threads=threads)
+        found = code_lm.publish(repo, model, tokenizer, metrics, "demo")
+    else:
+        console.print(f"reusing {code_lm.NAME}:{found.version} from {repo.root}")
+    mt = found.metrics
+    console.print(f"{code_lm.NAME}:{found.version}: {mt.get('parameters', 0):,} parameters, held-out perplexity "
+                  f"{mt.get('heldout_perplexity', float('nan')):.2f} ({mt.get('heldout_files')} standard-library "
+                  "files held out)", highlight=False, soft_wrap=True)
+    return found
+
+
+def code_lm_examples(host: str, port: int) -> str:
+    return f"""[bold]code-lm[/] over OpenAI's API:
+
+  curl -s {host}:{port}/v1/completions -H 'content-type: application/json' \\
+    -d '{{"model":"code-lm","prompt":"def __init__(self, ","max_tokens":40,"temperature":0}}'
+"""
+
+
 def run_demo(settings: Settings, serve: bool = True) -> None:
     repo = Repository(settings.repository)
     v1, v2 = build(repo, settings.threads)
     console.print(comparison([v1, v2]))
+    build_code_lm(repo, settings.threads)
     if not serve:
         return
     from shipyard.serve.app import serve as run_server
 
     console.print(f"serving {repo.root} on http://{settings.host}:{settings.port} (Ctrl-C stops)\n")
     console.print(client_examples(settings.host, settings.port), highlight=False)
+    console.print(code_lm_examples(settings.host, settings.port), highlight=False)
     run_server(settings, log_level="info")

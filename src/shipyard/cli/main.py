@@ -12,6 +12,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Turn a trained model into a fast, compact, versioned service.")
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect, import and remove models.")
 app.add_typer(models_app, name="models")
+from shipyard.cli.zoo import zoo_app  # noqa: E402 - typer apps only; the work imports lazily
+
+app.add_typer(zoo_app, name="zoo")
 
 RepoOpt = Annotated[Path | None, typer.Option("--repository", "-r", help="Model repository folder [env SHIPYARD_REPOSITORY; default ./model-repository].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -56,7 +59,7 @@ def demo(
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
 ) -> None:
-    """Train the digits classifier, publish it as PyTorch (v1) and ONNX (v2), compare, and serve."""
+    """Train the digits classifier (PyTorch v1, ONNX v2) and code-lm (a small LM of Python), and serve them."""
     from shipyard.cli.demo import run_demo
 
     run(run_demo, settings(repository=repository, host=host, port=port), serve=serve)
@@ -78,14 +81,16 @@ def serve_cmd(
     spin: Annotated[bool | None, typer.Option("--spin/--no-spin", help="Let ONNX Runtime threads spin between ops (default: no; spinning burns CPU the server needs).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle-based model files.")] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    kv_cache_mb: Annotated[int | None, typer.Option(help="Override every causal LM's KV-cache memory in MiB (default 512).")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="Override every causal LM's limit of sequences decoded together (default 32).")] = None,
 ) -> None:
-    """Serve models over KServe V2 REST with dynamic batching."""
+    """Serve models over KServe V2 REST with dynamic batching, and causal LMs over OpenAI's API."""
     from shipyard.serve.app import serve
 
     s = run(settings, repository=repository, host=host, port=port, threads=threads,
             max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
             max_queue_size=max_queue_size, adaptive=adaptive, max_request_bytes=max_request_bytes, device=device, spin=spin,
-            trust_pickle=trust_pickle or None)
+            trust_pickle=trust_pickle or None, kv_cache_mb=kv_cache_mb, max_num_seqs=max_num_seqs)
     if not s.repository.is_dir():
         fail(f"repository {s.repository} does not exist; run `shipyard demo --no-serve` or `shipyard models import`")
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None

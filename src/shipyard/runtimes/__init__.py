@@ -8,13 +8,16 @@ from shipyard.errors import InvalidInput
 from shipyard.repository import Manifest
 from shipyard.runtimes.base import Runtime, RuntimeOptions
 from shipyard.runtimes.hf import HFTransformersRuntime
+from shipyard.runtimes.hf_causal import HFCausalLMRuntime
 from shipyard.runtimes.onnx import OnnxRuntime
 from shipyard.runtimes.torch_export import TorchExportRuntime
 from shipyard.runtimes.torchscript import TorchScriptRuntime
 
 REGISTRY: dict[str, type[Runtime]] = {
     cls.format: cls
-    for cls in (OnnxRuntime, TorchExportRuntime, TorchScriptRuntime, HFTransformersRuntime)
+    # Order matters for importing: the first class that claims a path decides its format, so the
+    # causal-LM runtime comes before the general Hugging Face one.
+    for cls in (OnnxRuntime, TorchExportRuntime, TorchScriptRuntime, HFCausalLMRuntime, HFTransformersRuntime)
 }
 
 

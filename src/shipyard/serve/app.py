@@ -17,6 +17,7 @@ from shipyard.config import Settings
 from shipyard.errors import ShipyardError
 from shipyard.repository import Repository
 from shipyard.serve.channels import http_errors, rest_v2
+from shipyard.serve.channels import openai
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.manager import ModelManager
 
@@ -62,6 +63,7 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_errors.http_error_handler)
     app.add_exception_handler(Exception, http_errors.internal_error_handler)
     app.include_router(rest_v2.router)
+    app.include_router(openai.router)
     app.add_middleware(rest_v2.InferFastPath, fastapi_app=app)
     return app
 
@@ -100,6 +102,7 @@ def serve(settings: Settings, models: list[str] | None = None, log_level: str = 
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
+    logging.getLogger("shipyard.generate").setLevel(logging.INFO)
     app = create_app(settings, models)
     config = uvicorn.Config(
         app,

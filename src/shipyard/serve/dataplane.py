@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from shipyard import __version__
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, NotFound
 from shipyard.repository import Signature, TensorSpec
 from shipyard.serve.manager import READY, LoadedVersion, ModelManager
 from shipyard.serve.types import InferRequest, InferResponse
@@ -129,6 +129,29 @@ class DataPlane:
             outputs=[_output_tensor(specs[n], results[n]) for n in wanted],
             id=request.id,
         )
+
+    # -- generation (the OpenAI channel) -----------------------------------------------------
+    def generator(self, model: str) -> Any:
+        """The generation engine of a causal LM ('name' or 'name:version'), as an EngineClient."""
+        from shipyard.repository import parse_ref
+
+        name, version = parse_ref(model)
+        lv = self.manager.get(name, version)
+        if lv.engine is None:
+            served = ", ".join(n for n, _, _ in self.generative_models()) or "none loaded"
+            raise NotFound(f"model '{model}' is a {lv.platform} model, not a generative one; "
+                           f"models that generate text here: {served}")
+        return lv.engine
+
+    def generative_models(self) -> list[tuple[str, int, int]]:
+        """(name, created unix time, context length) of each ready causal LM."""
+        rows = []
+        for name, entry in sorted(self.manager.models.items()):
+            ready = entry.ready_versions()
+            lv = entry.versions[ready[-1]] if ready else None
+            if lv is not None and lv.engine is not None and lv.manifest is not None:
+                rows.append((name, int(lv.manifest.created.timestamp()), lv.engine.max_model_len))
+        return rows
 
 
 def _stats(lv: LoadedVersion) -> dict[str, Any]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
-from shipyard.config import Settings
+from shipyard.config import Settings, generation_for
 from shipyard.errors import NotFound, ShipyardError, Unavailable
 from shipyard.repository import Manifest, Repository
 from shipyard.runtimes import Runtime, RuntimeOptions, runtime_for
@@ -27,6 +28,7 @@ class LoadedVersion:
     runtime: Runtime | None = None
     batcher: DynamicBatcher | None = None
     platform: str = ""
+    engine: Any = None  # a shipyard.generate.AsyncEngine, for causal LMs
 
 
 @dataclass
@@ -84,6 +86,11 @@ class ModelManager:
                 runtime.load()
                 lv.runtime = runtime
                 lv.batcher = DynamicBatcher(runtime, batching, f"{name}:{version}")
+                if getattr(runtime, "generative", False):
+                    from shipyard.generate import AsyncEngine, Engine
+
+                    engine = Engine(runtime, generation_for(self.settings, config), f"{name}:{version}")
+                    lv.engine = AsyncEngine(engine)
                 lv.state = READY
             except ShipyardError as e:
                 lv.state, lv.reason = UNAVAILABLE, e.message
@@ -116,6 +123,8 @@ class ModelManager:
         for lv in entry.versions.values():
             if lv.batcher is not None:
                 lv.batcher.close()
+            if lv.engine is not None:
+                lv.engine.engine.close()
             if lv.runtime is not None:
                 lv.runtime.unload()
             lv.state = UNAVAILABLE

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Generation benchmark (issue 5): shipyard's engine through its OpenAI server vs transformers.
+
+Model: a GPT-2-small-sized GPT2LMHeadModel (12 layers, hidden 768, vocab 50257, 124M parameters)
+with random weights and a byte-level BPE tokenizer trained on the standard library (padded with
+added tokens to the model's vocabulary), built into bench/.work/ on first use.
+Each request: a prompt of exactly --prompt token ids, --new greedy tokens (ignore_eos).
+
+Cells, all in one run on the same machine:
+  transformers generate, batch 1 and static batch 16 (in-process, fp32)
+  shipyard server, streaming /v1/completions, concurrency 1, 4, 16 (openai-style SSE over loopback)
+Reported: generated tokens/s (all streams), time to first token, inter-token gap p50/p99 (between
+SSE chunks; one chunk is one token unless bytes of a character are held back), and single-stream
+decode as a share of the memory-bandwidth bound (fp32 weight bytes per token / read bandwidth,
+measured here in the same run). llama.cpp is not run here (it needs a ~15 min build); int8
+weight-only generation waits for the optimize pass of issue 3.
+
+Usage:
+  .venv/bin/python bench/generate.py            # full run (several minutes)
+  .venv/bin/python bench/generate.py --quick    # small model, short prompts: proves the script works
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = ROOT / "bench" / ".work"
+RESULTS = ROOT / "bench" / "results"
+
+
+def build_model(folder: Path, layers: int, hidden: int, heads: int, vocab: int) -> Path:
+    if (folder / "config.json").is_file():
+        return folder
+    from shipyard.zoo import code_lm, lm
+
+    train, _ = code_lm.stdlib_files()
+    tokenizer = lm.train_tokenizer([f.read_text(errors="replace") for f in train[:40]], 4096)
+    tokenizer.add_tokens([f"<pad{i}>" for i in range(vocab - len(tokenizer))])
+    torch.manual_seed(0)
+    model = lm.build_model("gpt2", vocab, layers=layers, hidden=hidden, heads=heads, context=1024)
+    return lm.save(model, tokenizer, folder)
+
+
+def bandwidth_gbs(threads: int) -> float:
+    """Read bandwidth: sum of a 1 GiB fp32 tensor (well beyond the caches), best of 5."""
+    torch.set_num_threads(threads)
+    x = torch.ones(256 * 2**20)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best / 1e9
+
+
+def transformers_cells(folder: Path, prompt: int, new: int, threads: int) -> list[dict[str, Any]]:
+    from transformers import GPT2LMHeadModel
+
+    torch.set_num_threads(threads)
+    model = GPT2LMHeadModel.from_pretrained(str(folder)).eval()
+    cells = []
+    for batch in (1, 16):
+        ids = torch.randint(10, 4000, (batch, prompt), generator=torch.Generator().manual_seed(batch))
+        kw = {"do_sample": False, "pad_token_id": 0, "attention_mask": torch.ones_like(ids)}
+        with torch.inference_mode():
+            t = time.perf_counter()
+            model.generate(ids, max_new_tokens=1, **kw)
+            ttft = time.perf_counter() - t
+            t = time.perf_counter()
+            model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
+            total = time.perf_counter() - t
+        cells.append({"engine": "transformers generate (static batch)", "concurrency": batch,
+                      "tokens_per_s": batch * new / total, "ttft_s": ttft,
+                      "itl_p50_ms": (total - ttft) / (new - 1) * 1000, "itl_p99_ms": None})
+        print(f"  transformers batch {batch}: {batch * new / total:.1f} tok/s, TTFT {ttft:.3f} s", flush=True)
+    return cells
+
+
+async def one_stream(client: httpx.AsyncClient, prompt_ids: list[int], new: int) -> dict[str, Any]:
+    body = {"model": "bench", "prompt": prompt_ids, "max_tokens": new, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    stamps: list[float] = []
+    tokens = 0
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event["choices"]:
+                stamps.append(time.perf_counter())
+            elif event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    return {"start": start, "stamps": stamps, "tokens": tokens}
+
+
+async def server_cell(url: str, concurrency: int, prompt: int, new: int, rounds: int) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        gen = torch.Generator().manual_seed(concurrency)
+        prompts = [torch.randint(10, 4000, (prompt,), generator=gen).tolist() for _ in range(concurrency)]
+        await one_stream(client, prompts[0], 4)  # warm-up
+        results = []
+        t = time.perf_counter()
+        for _ in range(rounds):
+            results += await asyncio.gather(*[one_stream(client, p, new) for p in prompts])
+        wall = time.perf_counter() - t
+    ttft = [r["stamps"][0] - r["start"] for r in results]
+    gaps = sorted(b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:], strict=False))
+    tokens = sum(r["tokens"] for r in results)
+    return {"engine": "shipyard server (SSE)", "concurrency": concurrency, "tokens_per_s": tokens / wall,
+            "ttft_s": statistics.median(ttft), "ttft_max_s": max(ttft),
+            "itl_p50_ms": gaps[len(gaps) // 2] * 1000, "itl_p99_ms": gaps[int(len(gaps) * 0.99)] * 1000}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2-layer model, prompt 32, 16 new tokens")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of `concurrency` requests per cell")
+    args = ap.parse_args()
+    prompt, new = (32, 16) if args.quick else (128, 128)
+    layers = 2 if args.quick else 12
+    folder = build_model(WORK / f"gpt2-{layers}l", layers, 768, 12, 50257)
+    from shipyard.repository import Repository
+    from shipyard.runtimes.importer import import_model
+    from tests.fixtures import ServerProcess
+
+    load_before = os.getloadavg()
+    bw = bandwidth_gbs(args.threads)
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(folder))
+    # Weights read per decoded token: every block (12 h^2 each) and the tied embedding / LM head.
+    params = 12 * cfg.n_layer * cfg.n_embd**2 + (cfg.vocab_size + cfg.n_positions) * cfg.n_embd
+    bound = bw * 1e9 / (params * 4)
+    print(f"read bandwidth {bw:.1f} GB/s; ~{params / 1e6:.0f}M parameters -> fp32 decode bound {bound:.1f} tok/s",
+          flush=True)
+    cells = transformers_cells(folder, prompt, new, args.threads)
+    repo_root = WORK / f"repo-{layers}l"
+    repo = Repository(repo_root)
+    if not repo.versions("bench"):
+        import_model(repo, folder, "bench")
+    server = ServerProcess(repo_root, "--threads", str(args.threads))
+    try:
+        for c in (1, 4, 16) if not args.quick else (1, 4):
+            cell = server_cell(server.url, c, prompt, new, args.rounds)
+            cells.append(asyncio.run(cell))
+            last = cells[-1]
+            print(f"  shipyard c={c}: {last['tokens_per_s']:.1f} tok/s, TTFT p50 {last['ttft_s']:.3f} s, "
+                  f"ITL p50 {last['itl_p50_ms']:.1f} ms p99 {last['itl_p99_ms']:.1f} ms", flush=True)
+    finally:
+        server.stop()
+    single = next(c for c in cells if c["engine"].startswith("shipyard") and c["concurrency"] == 1)
+    result = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+                    "torch": torch.__version__, "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "setup": {"prompt_tokens": prompt, "new_tokens": new, "layers": layers, "parameters": params,
+                  "quick": args.quick},
+        "bandwidth_gbs": bw, "fp32_decode_bound_tok_s": bound,
+        "single_stream_share_of_bound": single["tokens_per_s"] / bound,
+        "cells": cells,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "generate-quick" if args.quick else "generate"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    lines = [f"# Generation benchmark ({'quick' if args.quick else 'GPT-2-small size'}, prompt {prompt}, {new} new tokens, greedy)",
+             "", f"Read bandwidth {bw:.1f} GB/s -> fp32 decode bound {bound:.1f} tok/s; shipyard single stream "
+             f"= {result['single_stream_share_of_bound']:.0%} of it. Load average before/after: "
+             f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f} (other work on the machine disturbs these figures).",
+             "", "| engine | streams | tokens/s | TTFT p50 s | ITL p50 ms | ITL p99 ms |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for c in cells:
+        p99 = f"{c['itl_p99_ms']:.1f}" if c["itl_p99_ms"] is not None else "-"
+        lines.append(f"| {c['engine']} | {c['concurrency']} | {c['tokens_per_s']:.1f} | {c['ttft_s']:.3f} | "
+                     f"{c['itl_p50_ms']:.1f} | {p99} |")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

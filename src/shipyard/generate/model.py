@@ -1,0 +1,219 @@
+"""Running a Hugging Face causal LM over the paged KV cache.
+
+transformers' own caches grow one contiguous tensor per layer for a fixed batch: sequences cannot
+join or leave between steps. So this module calls the model's own submodules (embeddings, norms,
+projections, MLPs, rotary embedding: the weights and math stay transformers') and does only the
+attention itself, over the block table. One step runs every scheduled sequence as one flat batch
+of tokens: the projections and MLPs see all rows at once; attention runs once for all decoders
+(one query each, keys gathered from their blocks) and once per prefill chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shipyard.generate.kv_cache import BlockPool
+
+
+@dataclass
+class Segment:
+    """One sequence's share of a step: `length` new tokens starting at position `start`."""
+
+    tokens: list[int]
+    start: int
+    blocks: list[int]
+    wants_logits: bool
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def is_decode(self) -> bool:
+        """One new token after cached ones: batched with the other decoders' attention."""
+        return self.length == 1 and self.start > 0
+
+
+@dataclass
+class StepBatch:
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    write_slots: torch.Tensor  # [T] where each new token's key/value goes
+    decodes: int  # the first `decodes` rows are single-token decoders
+    decode_slots: torch.Tensor | None  # [B, L] cache slots each decoder attends to
+    decode_mask: torch.Tensor | None  # [B, 1, 1, L] True where the slot is part of the sequence
+    prefills: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
+    logit_rows: torch.Tensor | None = None  # rows whose next-token logits are wanted
+
+
+@dataclass
+class Layer:
+    norm1: nn.Module
+    qkv: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    out: nn.Module
+    norm2: nn.Module
+    mlp: nn.Module
+
+
+class PagedLM:
+    """A loaded HF causal LM (`family` 'gpt2' or 'llama') bound to a `BlockPool`."""
+
+    def __init__(self, model: nn.Module, family: str, pool_budget_bytes: int, block_size: int,
+                 max_blocks: int) -> None:
+        self.model = model
+        self.family = family
+        cfg = model.config
+        self.heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads)
+        self.vocab_size = int(cfg.vocab_size)
+        self.lm_head = model.get_output_embeddings()
+        if family == "gpt2":
+            base = model.transformer
+            self.max_positions = int(cfg.n_positions)
+            self.layers = [self._gpt2_layer(b) for b in base.h]
+            self.final_norm = base.ln_f
+            self.scale = (self.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0)
+            if cfg.scale_attn_by_inverse_layer_idx or cfg.reorder_and_upcast_attn:
+                raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx or "
+                                 "reorder_and_upcast_attn are not supported by shipyard.generate")
+        else:
+            base = model.model
+            self.max_positions = int(cfg.max_position_embeddings)
+            self.layers = [self._llama_layer(b) for b in base.layers]
+            self.final_norm = base.norm
+            self.scale = self.head_dim ** -0.5
+        self.base = base
+        dtype = next(model.parameters()).dtype
+        self.pool = BlockPool(len(self.layers), self.kv_heads, self.head_dim, block_size,
+                              pool_budget_bytes, max_blocks, dtype)
+
+    # -- families --------------------------------------------------------------------------
+    def _gpt2_layer(self, block: nn.Module) -> Layer:
+        attn = block.attn
+        width = self.heads * self.head_dim
+
+        def qkv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            q, k, v = attn.c_attn(x).split(width, dim=-1)
+            t = x.shape[0]
+            return (q.view(t, self.heads, self.head_dim), k.view(t, self.heads, self.head_dim),
+                    v.view(t, self.heads, self.head_dim))
+
+        return Layer(block.ln_1, qkv, attn.c_proj, block.ln_2, block.mlp)
+
+    def _llama_layer(self, block: nn.Module) -> Layer:
+        attn = block.self_attn
+
+        def qkv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            t = x.shape[0]
+            return (attn.q_proj(x).view(t, self.heads, self.head_dim),
+                    attn.k_proj(x).view(t, self.kv_heads, self.head_dim),
+                    attn.v_proj(x).view(t, self.kv_heads, self.head_dim))
+
+        return Layer(block.input_layernorm, qkv, attn.o_proj, block.post_attention_layernorm, block.mlp)
+
+    # -- one step --------------------------------------------------------------------------
+    def slot(self, blocks: list[int], position: int) -> int:
+        bs = self.pool.block_size
+        return blocks[position // bs] * bs + position % bs
+
+    def prepare(self, segments: list[Segment]) -> StepBatch:
+        """Flatten the step's segments (decoders first) into index tensors shared by all layers."""
+        bs = self.pool.block_size
+        ids: list[int] = []
+        pos: list[int] = []
+        write: list[int] = []
+        logit_rows: list[int] = []
+        decoders = [s for s in segments if s.is_decode]
+        others = [s for s in segments if not s.is_decode]
+        for s in decoders + others:
+            for i, tok in enumerate(s.tokens):
+                p = s.start + i
+                ids.append(tok)
+                pos.append(p)
+                write.append(s.blocks[p // bs] * bs + p % bs)
+            if s.wants_logits:
+                logit_rows.append(len(ids) - 1)
+        batch = StepBatch(torch.tensor(ids), torch.tensor(pos), torch.tensor(write), len(decoders), None, None)
+        if decoders:
+            longest = max(s.start + 1 for s in decoders)
+            span = torch.arange(longest)
+            width = self.pool.blocks_for(longest)
+            table = torch.tensor([(s.blocks + [0] * width)[:width] for s in decoders])
+            lengths = torch.tensor([s.start + 1 for s in decoders])
+            # Past its length a row re-reads its own last token: the mask hides it, and every slot
+            # read holds a real value (an unwritten slot may hold NaN, and 0 * NaN is NaN).
+            pos = torch.minimum(span[None, :], lengths[:, None] - 1)
+            batch.decode_slots = table.gather(1, pos // bs) * bs + pos % bs
+            batch.decode_mask = (span[None, :] < lengths[:, None])[:, None, None, :]
+        row = len(decoders)
+        for s in others:
+            ctx = s.start + s.length
+            span = torch.arange(ctx)
+            table = torch.tensor(s.blocks)
+            slots = table[span // bs] * bs + span % bs
+            mask = None
+            if s.start > 0:  # a later chunk: its queries see every earlier token and their own past
+                qpos = torch.arange(s.start, ctx)
+                mask = span[None, :] <= qpos[:, None]
+            batch.prefills.append((row, s.length, slots, mask))
+            row += s.length
+        batch.logit_rows = torch.tensor(logit_rows, dtype=torch.long)
+        return batch
+
+    def _embed(self, batch: StepBatch) -> torch.Tensor:
+        if self.family == "gpt2":
+            return self.base.wte(batch.input_ids) + self.base.wpe(batch.positions)
+        return self.base.embed_tokens(batch.input_ids)
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+        out = torch.empty_like(q)
+        gqa = self.heads != self.kv_heads
+        d = batch.decodes
+        if d:
+            assert batch.decode_slots is not None
+            k = keys[batch.decode_slots].transpose(1, 2)  # [B, Hkv, L, D]
+            v = values[batch.decode_slots].transpose(1, 2)
+            o = F.scaled_dot_product_attention(q[:d].unsqueeze(2), k, v, attn_mask=batch.decode_mask,
+                                               scale=self.scale, enable_gqa=gqa)
+            out[:d] = o.squeeze(2)
+        for row, length, slots, mask in batch.prefills:
+            qs = q[row:row + length].transpose(0, 1).unsqueeze(0)
+            k = keys[slots].transpose(0, 1).unsqueeze(0)
+            v = values[slots].transpose(0, 1).unsqueeze(0)
+            o = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, is_causal=mask is None,
+                                               scale=self.scale, enable_gqa=gqa)
+            out[row:row + length] = o[0].transpose(0, 1)
+        return out
+
+    @torch.inference_mode()
+    def forward(self, batch: StepBatch) -> torch.Tensor:
+        """Run one step; write the new keys/values into the pool; return logits [rows, vocab]."""
+        h = self._embed(batch)
+        rope = None
+        if self.family == "llama":
+            from transformers.models.llama.modeling_llama import rotate_half
+
+            cos, sin = self.base.rotary_emb(h, batch.positions[None])
+            cos, sin = cos[0][:, None, :], sin[0][:, None, :]
+            rope = (cos, sin, rotate_half)
+        t = h.shape[0]
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(layer.norm1(h))
+            if rope is not None:
+                cos, sin, rot = rope
+                q = q * cos + rot(q) * sin
+                k = k * cos + rot(k) * sin
+            keys, values = self.pool.keys[i], self.pool.values[i]
+            keys.index_copy_(0, batch.write_slots, k)
+            values.index_copy_(0, batch.write_slots, v)
+            a = self._attend(q, keys, values, batch).reshape(t, self.heads * self.head_dim)
+            h = h + layer.out(a)
+            h = h + layer.mlp(layer.norm2(h))
+        assert batch.logit_rows is not None
+        return self.lm_head(self.final_norm(h[batch.logit_rows])).float()

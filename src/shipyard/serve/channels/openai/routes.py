@@ -1,0 +1,272 @@
+"""OpenAI-compatible endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions.
+
+Each endpoint decodes the body, finds the model's engine through the data plane, submits, and
+answers as one JSON body or as server-sent events ending in `data: [DONE]`. Every failure is
+answered in OpenAI's error shape here (not by the app's V2-shaped handlers), with its status.
+A client that leaves, streaming or not, cancels its request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from shipyard.errors import InvalidInput, ShipyardError, Unavailable
+from shipyard.generate import EngineClient, Output, Stream
+from shipyard.serve.channels.openai import convert
+from shipyard.serve.channels.openai.protocol import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger("shipyard.serve")
+router = APIRouter()
+DISCONNECT_POLL_S = 0.25
+
+
+def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(exc: Exception, prompt_field: str = "prompt") -> Response:
+    if isinstance(exc, ValidationError):
+        return _json(convert.from_validation(exc), 400)
+    if isinstance(exc, ShipyardError):
+        status, body = convert.from_shipyard(exc, prompt_field)
+        headers = {"retry-after": str(max(1, round(exc.retry_after or 1)))} if isinstance(exc, Unavailable) else None
+        return _json(body, status, headers)
+    log.exception("unhandled error in the OpenAI channel")
+    return _json(convert.error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"), 500)
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"the request body is not valid JSON: {e}") from None
+
+
+def _submit_all(engine: EngineClient, prompts: list[list[int]], params: Any) -> list[Stream]:
+    streams: list[Stream] = []
+    try:
+        for p in prompts:
+            streams.append(engine.submit(p, params))
+    except BaseException:
+        for s in streams:
+            s.cancel()
+        raise
+    return streams
+
+
+async def _merged(streams: list[Stream]) -> AsyncIterator[tuple[int, Output]]:
+    """Outputs of several requests (a list of prompts) as they come, tagged by prompt index."""
+    if len(streams) == 1:
+        async for out in streams[0]:
+            yield 0, out
+        return
+    queue: asyncio.Queue[tuple[int, Output | None, BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, s: Stream) -> None:
+        try:
+            async for out in s:
+                await queue.put((i, out, None))
+            await queue.put((i, None, None))
+        except Exception as e:  # noqa: BLE001 - handed to the reader
+            await queue.put((i, None, e))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        left = len(streams)
+        while left:
+            i, out, err = await queue.get()
+            if err is not None:
+                raise err
+            if out is None:
+                left -= 1
+            else:
+                yield i, out
+    finally:
+        for t in tasks:
+            t.cancel()
+        for s in streams:
+            s.cancel()
+
+
+async def _unless_gone(request: Request, work: Awaitable[Response], streams: list[Stream]) -> Response:
+    """Run a non-streaming answer, cancelling it as soon as the client disconnects."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            for s in streams:
+                s.cancel()
+            return Response(status_code=499)
+
+
+def _sse(events: AsyncIterator[dict[str, Any]], streams: list[Stream]) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield b"data: " + orjson.dumps(event) + b"\n\n"
+        except Exception as e:  # noqa: BLE001 - the status line is sent: report in the stream
+            yield b"data: " + _error(e).body + b"\n\n"
+        finally:
+            for s in streams:  # a client that left: free its slots now, not when it would end
+                s.cancel()
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+def _engine(request: Request, model: str) -> EngineClient:
+    engine: EngineClient = request.app.state.dataplane.generator(model)
+    return engine
+
+
+def _guarded(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except Exception as e:  # noqa: BLE001 - every failure leaves in OpenAI's shape
+            return _error(e, "messages" if fn is _chat else "prompt")
+
+    endpoint.__name__ = fn.__name__
+    endpoint.__doc__ = fn.__doc__
+    return endpoint
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    """The generative models this server can complete with."""
+    rows = [{"id": name, "object": "model", "created": created, "owned_by": "shipyard",
+             "max_model_len": max_len}
+            for name, created, max_len in request.app.state.dataplane.generative_models()]
+    return _json({"object": "list", "data": rows})
+
+
+async def _completions(request: Request) -> Response:
+    req = CompletionRequest.model_validate(await _body(request))
+    engine = _engine(request, req.model)
+    params = convert.sampling_params(req)
+    prompt = req.prompt
+    if isinstance(prompt, str):
+        prompts = [engine.encode(prompt)]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        prompts = [list(prompt)]  # type: ignore[arg-type]
+    else:
+        prompts = [engine.encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[union-attr]
+    if not prompts:
+        raise InvalidInput("prompt is an empty list; give a string, a list of strings or token ids")
+    streams = _submit_all(engine, prompts, params)
+    rid, created, n = convert.new_id("cmpl"), convert.now(), params.n
+    prompt_tokens = sum(len(p) for p in prompts)
+    tok = engine.tokenizer
+
+    def choice(i: int, text: str, lps: Any, offset: int, finish: str | None) -> dict[str, Any]:
+        return {"index": i, "text": text, "finish_reason": finish,
+                "logprobs": convert.completion_logprobs(tok, lps, offset) if lps is not None else None}
+
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            completion, offsets = 0, [0] * (len(prompts) * n)
+            async for p, out in _merged(streams):
+                completion += sum(len(d.token_ids) for d in out.deltas)
+                for d in out.deltas:
+                    if not (d.text or d.finish_reason or d.logprobs):
+                        continue  # only held-back bytes so far: nothing to show yet
+                    i = p * n + d.index
+                    yield {"id": rid, "object": "text_completion", "created": created, "model": req.model,
+                           "choices": [choice(i, d.text, d.logprobs, offsets[i], d.finish_reason)]}
+                    offsets[i] += len(d.text)
+            if include_usage:
+                yield {"id": rid, "object": "text_completion", "created": created, "model": req.model,
+                       "choices": [], "usage": convert.usage(prompt_tokens, completion)}
+
+        return _sse(events(), streams)
+
+    async def whole() -> Response:
+        texts = [""] * (len(prompts) * n)
+        lps: list[list[Any] | None] = [[] if params.logprobs is not None else None for _ in texts]
+        finish: list[str | None] = [None] * len(texts)
+        completion = 0
+        async for p, out in _merged(streams):
+            for d in out.deltas:
+                i = p * n + d.index
+                texts[i] += d.text
+                completion += len(d.token_ids)
+                if d.logprobs is not None and lps[i] is not None:
+                    lps[i].extend(d.logprobs)  # type: ignore[union-attr]
+                finish[i] = d.finish_reason or finish[i]
+        return _json({"id": rid, "object": "text_completion", "created": created, "model": req.model,
+                      "choices": [choice(i, texts[i], lps[i], 0, finish[i]) for i in range(len(texts))],
+                      "usage": convert.usage(prompt_tokens, completion)})
+
+    return await _unless_gone(request, whole(), streams)
+
+
+async def _chat(request: Request) -> Response:
+    req = ChatCompletionRequest.model_validate(await _body(request))
+    engine = _engine(request, req.model)
+    params = convert.sampling_params(req)
+    prompt = engine.encode(convert.chat_prompt(engine.tokenizer, req.messages))
+    streams = _submit_all(engine, [prompt], params)
+    rid, created, tok = convert.new_id("chatcmpl"), convert.now(), engine.tokenizer
+
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                    "choices": choices}
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None} for i in range(params.n)])
+            completion = 0
+            async for _, out in _merged(streams):
+                completion += sum(len(d.token_ids) for d in out.deltas)
+                for d in out.deltas:
+                    if not (d.text or d.finish_reason or d.logprobs):
+                        continue
+                    yield chunk([{"index": d.index, "delta": {"content": d.text} if d.text else {},
+                                  "logprobs": convert.chat_logprobs(tok, d.logprobs) if d.logprobs is not None else None,
+                                  "finish_reason": d.finish_reason}])
+            if include_usage:
+                yield {**chunk([]), "usage": convert.usage(len(prompt), completion)}
+
+        return _sse(events(), streams)
+
+    async def whole() -> Response:
+        texts = [""] * params.n
+        lps: list[list[Any]] = [[] for _ in texts]
+        finish: list[str | None] = [None] * params.n
+        completion = 0
+        async for _, out in _merged(streams):
+            for d in out.deltas:
+                texts[d.index] += d.text
+                completion += len(d.token_ids)
+                lps[d.index].extend(d.logprobs or [])
+                finish[d.index] = d.finish_reason or finish[d.index]
+        choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+                    "logprobs": convert.chat_logprobs(tok, lps[i]) if params.logprobs is not None else None,
+                    "finish_reason": finish[i]} for i in range(params.n)]
+        return _json({"id": rid, "object": "chat.completion", "created": created, "model": req.model,
+                      "choices": choices, "usage": convert.usage(len(prompt), completion)})
+
+    return await _unless_gone(request, whole(), streams)
+
+
+router.add_api_route("/v1/completions", _guarded(_completions), methods=["POST"], name="completions")
+router.add_api_route("/v1/chat/completions", _guarded(_chat), methods=["POST"], name="chat_completions")
