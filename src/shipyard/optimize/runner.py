@@ -100,10 +100,28 @@ def _progress(console: Console) -> Progress:
                     console=console, transient=True)
 
 
+def resolve_data(parent: Manifest, eval_data: DataSpec, calibrate: DataSpec,
+                 train: DataSpec) -> tuple[Dataset, Dataset | None, Dataset | None]:
+    """Load and check the three data sets; a zoo model defaults to its own splits."""
+    zoo = parent.extra.get("zoo")
+    if zoo and eval_data is None:
+        eval_data, calibrate, train = f"zoo:{zoo}", calibrate or f"zoo:{zoo}-train", train or f"zoo:{zoo}-train"
+    ev = load_data(eval_data, "eval")
+    if ev is None:
+        raise InvalidInput(f"{parent.name}:{parent.version} needs eval data: --eval file.npz (one array per "
+                           "input, plus optional 'labels') or a built-in split such as zoo:digits")
+    sig = parent.signature
+    cal = load_data(calibrate, "calibrate")
+    tr = load_data(train, "train")
+    return (check_data(ev, sig, "eval"), check_data(cal, sig, "calibrate") if cal is not None else None,
+            check_data(tr, sig, "train") if tr is not None else None)
+
+
 def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | list[Any] | None = None,
-             preset_name: str | None = None, eval_data: DataSpec = "zoo:digits",
+             preset_name: str | None = None, eval_data: DataSpec = None,
              calibrate: DataSpec = None, train: DataSpec = None, threads: int | None = None,
-             latency_budget_s: float = 2.0, console: Console | None = None) -> Result:
+             latency_budget_s: float = 2.0, console: Console | None = None,
+             facts: dict[str, Any] | None = None) -> Result:
     """Apply a recipe (or preset) to NAME[:VERSION] and publish the result as the next version."""
     from shipyard.optimize.report import build_report, write_reports
 
@@ -114,16 +132,10 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
     parent = repo.manifest(name, version)
     root = root_of(repo, parent)
     sig = parent.signature
-    ev = load_data(eval_data, "eval")
-    if ev is None:
-        raise InvalidInput("optimize needs eval data: --eval file.npz or zoo:digits")
-    ev = check_data(ev, sig, "eval")
-    cal = load_data(calibrate, "calibrate")
-    tr = load_data(train, "train")
-    cal = check_data(cal, sig, "calibrate") if cal is not None else None
-    tr = check_data(tr, sig, "train") if tr is not None else None
+    ev, cal, tr = resolve_data(parent, eval_data, calibrate, train)
     with tempfile.TemporaryDirectory(prefix="shipyard-optimize-") as tmp, _progress(console) as progress:
         ctx = Context(workdir=Path(tmp), threads=threads, eval_data=ev, calibration=cal, train=tr)
+        ctx.facts.update(facts or {})
         task = progress.add_task(f"loading {name}:{parent.version}")
         artifact = load_artifact(repo, parent, ctx.workdir)
         steps = resolve_recipe(recipe, preset_name, artifact.kind, tr is not None)

@@ -79,7 +79,7 @@ def fine_tune(artifact: Artifact, config: PruneStructured, ctx: Context) -> dict
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         last = total / count
     set_mode(module, False)
