@@ -132,14 +132,14 @@ def export_program(artifact: Artifact, example: dict[str, np.ndarray], path: Pat
 
     module = artifact.module
     if artifact.is_transformers:
-        module = _positional(module, artifact.signature)
+        module = _positional(module, artifact.signature)  # forward(*args): shapes nest one level
     args = tuple(torch.from_numpy(example[t.name]) for t in artifact.signature.inputs)
     # Every variable dimension stays variable; AUTO lets export specialise what must be fixed.
     dims = [{i: torch.export.Dim.AUTO for i, s in enumerate(spec.shape) if s == -1}
             for spec in artifact.signature.inputs]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(set_mode(module, False), args, dynamic_shapes=tuple(dims))
+        program = torch.export.export(set_mode(module, False), args, dynamic_shapes=(tuple(dims),) if artifact.is_transformers else tuple(dims))
     torch.export.save(program, str(path))
 
 

@@ -33,6 +33,13 @@ def _onnx(artifact: Artifact, config: Export, ctx: Context) -> Artifact:
 
     sample = ctx.sample(artifact.signature, 2)
     args = tuple(torch.from_numpy(sample[t.name]) for t in artifact.signature.inputs)
+    if artifact.is_transformers and hasattr(artifact.module, "set_attn_implementation"):
+        # SDPA traces into a graph ORT's optimizer cannot match; the eager attention fuses into
+        # its Attention op. Same numbers (the parity check below holds it to that).
+        try:
+            artifact.module.set_attn_implementation("eager")
+        except (ValueError, ImportError):
+            pass
     module = _positional(artifact.module, artifact.signature) if artifact.is_transformers else artifact.module
     dynamic = {t.name: {i: f"{t.name}_dim{i}" if i else "batch" for i, s in enumerate(t.shape) if s == -1}
                for t in [*artifact.signature.inputs, *artifact.signature.outputs]}
