@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,9 @@ def build_report(repo: Repository, name: str, parent: Manifest, root: Manifest, 
         "deltas": {"vs_parent": deltas(measured["new"], measured["parent"]),
                    "vs_root": deltas(measured["new"], measured.get("root", measured["parent"]))},
         "notes": ctx.notes, "facts": ctx.facts,
-        "machine": {"cpu": features, "threads": threads, "summary": cpu.describe(features)},
+        # Load average: other processes on the machine disturb latencies; readers should know.
+        "machine": {"cpu": features, "threads": threads, "summary": cpu.describe(features),
+                    "loadavg": list(os.getloadavg())},
         "lineage": _lineage_points(repo, name, {"format": new["format"], "recipe": [c.name for c in steps],
                                                 "metrics": measured["new"]}, new_version, parent.version),
         "created": datetime.now(timezone.utc).isoformat(), "shipyard_version": __version__,

@@ -4,6 +4,7 @@ write report.json + report.html, and publish. Any failure publishes nothing."""
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from collections.abc import Callable
@@ -151,6 +152,7 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
                 sample = ctx.sample(sig, 8)
                 saved = _run_saved(stage.path, fmt, sig, extra, sample, threads)
                 check_parity("saving the result", run_artifact(artifact, sample, threads), saved, SAVE_ATOL)
+            gc.collect()  # sessions left by the passes (ORT's calibrator) must not hold threads now
             progress.update(task, description=f"measuring {name}:{parent.version} (parent)")
             base = repo.path(name, parent.version)
             pm, parent_preds = measure(base, parent.format, sig, ev, threads, None, parent.extra, latency_budget_s)

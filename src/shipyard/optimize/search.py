@@ -9,6 +9,7 @@ published through the normal runner, so it gets the same report and lineage as a
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class _Evaluator:
             artifact = load_artifact(self.repo, self.parent, folder)
             artifact = apply_recipe(artifact, parse_recipe(cand.steps), ctx)
             fmt, extra = save_artifact(artifact, folder / "out", ctx)
+            del artifact
+            gc.collect()  # sessions left by the passes (ORT's calibrator) must not hold threads now
             cand.metrics, _ = measure(folder / "out", fmt, self.parent.signature, ev, self.threads,
                                       self.reference, extra, self.budget_s)
             cand.drop = 100 * (self.parent_metrics.get("accuracy", 0) - cand.metrics.get("accuracy", 0))
@@ -104,13 +107,15 @@ def _weighted_nodes(path: Path) -> list[str]:
     return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in WEIGHTED_OPS]
 
 
-def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress, task: Any) -> Candidate | None:
+def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress, task: Any,
+             tried: list[Candidate]) -> Candidate | None:
     """Keep the layers that hurt accuracy most in fp32 until the candidate fits the budget."""
     quant_at = next(i for i, s in enumerate(cand.steps) if s["pass"] == "quantize")
     with tempfile.TemporaryDirectory() as tmp:  # the graph the quantizer sees, to name its layers
         ctx = Context(workdir=Path(tmp), threads=ev.threads, eval_data=ev.data[0])
         art = load_artifact(ev.repo, ev.parent, Path(tmp))
-        art = apply_recipe(art, parse_recipe(cand.steps[:quant_at]), ctx)
+        if quant_at:
+            art = apply_recipe(art, parse_recipe(cand.steps[:quant_at]), ctx)
         if art.onnx_path is None:
             return None
         layers = _weighted_nodes(art.onnx_path)
@@ -120,6 +125,7 @@ def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress,
         steps = [dict(s) for s in cand.steps]
         steps[quant_at] = {**steps[quant_at], "exclude": [layer]}
         c = ev.run(Candidate(f"{cand.label} -{layer}", steps))
+        tried.append(c)
         if c.drop is not None:
             harm.append((cand.drop - c.drop, layer))  # accuracy regained by keeping it fp32
     excluded: list[str] = []
@@ -129,6 +135,7 @@ def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress,
         steps[quant_at] = {**steps[quant_at], "exclude": list(excluded)}
         progress.update(task, description=f"fallback: {len(excluded)} layer(s) in fp32")
         c = ev.run(Candidate(f"{cand.label}, fp32: {', '.join(excluded)}", steps))
+        tried.append(c)
         if c.fits(budget):
             return c
     return None
@@ -165,9 +172,7 @@ def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
             progress.advance(task)
             if not cand.fits(max_accuracy_drop) and cand.error is None and any(s["pass"] == "quantize" for s in cand.steps) \
                     and cand.steps[-1].get("mode") != "fp16":
-                fixed = fallback(ev, cand, max_accuracy_drop, progress, task)
-                if fixed:
-                    tried.append(fixed)
+                fallback(ev, cand, max_accuracy_drop, progress, task, tried)
     key = "latency_b1_p50_ms" if objective == "latency" else "size_bytes"
     fitting = [c for c in tried if c.fits(max_accuracy_drop)]
     if not fitting:

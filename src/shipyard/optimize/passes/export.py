@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from shipyard.errors import InvalidInput
-from shipyard.optimize.artifact import Artifact, _positional, export_program, program_module, set_mode
+from shipyard.optimize.artifact import Artifact, _positional, export_program, program_module, quiet_session_options, set_mode
 from shipyard.optimize.passes.base import Context, PassConfig, register
 
 # transformers architecture prefix -> ORT transformer optimizer model type.
@@ -88,10 +88,11 @@ def _optimize(path: Any, artifact: Artifact, ctx: Context) -> Any:
         return out
     # Basic only: standard-ONNX rewrites (constant folding, redundant nodes), so quantizers can
     # still read the graph and it stays portable; the CPU-specific fusions are applied at load.
-    so = ort.SessionOptions()
+    so = quiet_session_options()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(out)
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    del session
     ctx.note("ORT basic graph optimizations applied offline (constant folding, redundant nodes); the rest at load")
     return out
 

@@ -3,6 +3,9 @@ and fp16 (a size option). Weight-only int8/int4 of PyTorch Linear layers is `wei
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import warnings
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
@@ -85,14 +88,19 @@ def quantize(artifact: Artifact, config: Quantize, ctx: Context) -> Artifact:
     assert artifact.onnx_path is not None
     _check_exclude(artifact.onnx_path, config.exclude)
     out = ctx.path(f"quantize-{config.mode}", ".onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if config.mode == "fp16":
-            _fp16(artifact, out, ctx)
-        elif config.mode == "dynamic":
-            _dynamic(artifact, config, out, ctx)
-        else:
-            _static(artifact, config, out, ctx)
+    # ORT's quantizer logs advice to the root logger; what matters goes into the report's notes.
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if config.mode == "fp16":
+                _fp16(artifact, out, ctx)
+            elif config.mode == "dynamic":
+                _dynamic(artifact, config, out, ctx)
+            else:
+                _static(artifact, config, out, ctx)
+    finally:
+        logging.disable(logging.NOTSET)
     return artifact.evolve(onnx_path=out)
 
 
@@ -144,11 +152,12 @@ def _static(artifact: Artifact, config: Quantize, out: Any, ctx: Context) -> Non
     extra: dict[str, Any] = {}
     if config.calibration == "percentile":
         extra["CalibPercentile"] = config.percentile
-    quantize_static(
-        str(pre), str(out), _Reader(batches), quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=config.op_types, per_channel=config.per_channel, reduce_range=reduce,
-        activation_type=act, weight_type=weight, nodes_to_exclude=config.exclude,
-        calibrate_method=method, extra_options=extra,
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the entropy calibrator prints its progress
+        quantize_static(
+            str(pre), str(out), _Reader(batches), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=config.op_types, per_channel=config.per_channel, reduce_range=reduce,
+            activation_type=act, weight_type=weight, nodes_to_exclude=config.exclude,
+            calibrate_method=method, extra_options=extra,
+        )
     ctx.note(f"static int8 QDQ: {config.calibration} calibration on {n} samples of {data.name}, "
              f"{'per-channel' if config.per_channel else 'per-tensor'} weights")
