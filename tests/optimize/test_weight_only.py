@@ -29,6 +29,7 @@ def test_quantize_weights_on_gpt2_converts_conv1d_first(bits: int, group: int, t
         before = model(input_ids=ids).logits
     report = quantize_weights_(model, bits=bits, group_size=group)
     assert report["conv1d_converted"] == 8  # c_attn, c_proj, c_fc, mlp.c_proj in 2 blocks
+    assert report["tied"] == ["lm_head"]  # shares wte: quantizing it would add a copy
     quantized = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
     assert len(quantized) == report["layers"] >= 8
     assert report["kernel"] in KERNELS and "fp32" in report["kernel_us"]

@@ -25,7 +25,9 @@ class Export(PassConfig):
     format: Literal["onnx", "torch-export"] = Field("onnx", description="Target format.")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset.")
     optimize: bool = Field(True, description="Apply ONNX Runtime graph optimizations (and transformer fusions) offline.")
-    atol: float = Field(1e-4, gt=0, le=1.0, description="Largest allowed |difference| from the source on sample inputs.")
+    # 1e-3 as Optimum uses for BERT-like models: ORT's fused attention and layer norms reorder
+    # fp32 sums (2.6e-4 was seen on a 4-layer BERT); a broken conversion is off by far more.
+    atol: float = Field(1e-3, gt=0, le=1.0, description="Largest allowed |difference| from the source on sample inputs.")
 
 
 def _onnx(artifact: Artifact, config: Export, ctx: Context) -> Artifact:

@@ -30,7 +30,7 @@ class Quantize(PassConfig):
     per_channel: bool = Field(True, description="One weight scale per output channel.")
     int8_format: Literal["auto", "u8s8", "u8s8-reduce-range", "u8u8", "s8s8"] = Field(
         "auto", description="Activation/weight int8 types. 'auto': u8s8 with VNNI; without VNNI, 7-bit weights (reduce_range) so u8s8 cannot saturate.")
-    op_types: list[str] | None = Field(None, description="Op types to quantize (default: ORT's for static; MatMul/Gemm/Attention for dynamic).")
+    op_types: list[str] | None = Field(None, description="Op types to quantize (default: ORT's lists, without Conv for dynamic).")
     exclude: list[str] = Field(default_factory=list, description="Node names kept in fp32 (layer-by-layer fallback).")
 
 
@@ -117,7 +117,11 @@ def _fp16(artifact: Artifact, out: Any, ctx: Context) -> None:
 def _dynamic(artifact: Artifact, config: Quantize, out: Any, ctx: Context) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    ops = config.op_types or ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    # ORT's own list (MatMul, Attention, Gather and EmbedLayerNormalization for embeddings, ...)
+    # without Conv: embeddings are most of a small transformer's bytes, ConvInteger is slow.
+    ops = config.op_types or [op for op in IntegerOpsRegistry if op != "Conv"]
     if "Conv" in _graph_ops(artifact.onnx_path) and "Conv" not in ops:
         ctx.note("dynamic int8 leaves Conv in fp32: ORT's ConvInteger was measured slower than fp32 "
                  "here; use mode 'static' (int8-static) for convolutions")

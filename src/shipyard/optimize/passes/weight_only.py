@@ -156,12 +156,17 @@ def quantize_weights_(module: nn.Module, bits: int = 8, group_size: int = 128, k
     if bits not in (4, 8):
         raise InvalidInput(f"weight-only bits must be 4 or 8, not {bits}")
     converted = conv1d_to_linear_(module)
-    targets = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)
+    # A Linear sharing its weight with an embedding (GPT-2's tied lm_head) stays fp32: quantizing
+    # it would store a second copy and make the file bigger, not smaller.
+    embedded = {m.weight.data_ptr() for m in module.modules() if isinstance(m, nn.Embedding)}
+    tied = [n for n, m in module.named_modules() if isinstance(m, nn.Linear) and m.weight.data_ptr() in embedded]
+    targets = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear) and n not in tied
                and (filter_fn is None or filter_fn(n, m))]
     skipped = [n for n, m in targets if not _eligible(m, bits, group_size)]
     targets = [(n, m) for n, m in targets if _eligible(m, bits, group_size)]
     report: dict[str, Any] = {"bits": bits, "group_size": group_size if bits == 4 else None,
-                              "conv1d_converted": converted, "skipped": skipped, "layers": len(targets)}
+                              "conv1d_converted": converted, "skipped": skipped, "tied": tied,
+                              "layers": len(targets)}
     if not targets:
         return report
     if kernel == "auto":
@@ -220,6 +225,11 @@ def weight_only(artifact: Artifact, config: WeightOnly, ctx: Context) -> Artifac
     if times:
         ctx.note(f"weight-only int{config.bits}: kernel '{report['kernel']}' chosen by measuring a "
                  f"{report['kernel_shape']} layer at 1 row: " + ", ".join(f"{k} {v:.0f} us" for k, v in times.items()))
+        if times[report["kernel"]] > times["fp32"]:
+            ctx.note(f"on this CPU the int{config.bits} kernel is slower than fp32 matmul at that shape: "
+                     "weight-only is a size (and memory-bandwidth) option here, not a compute speed-up")
+    if report["tied"]:
+        ctx.note(f"kept in fp32 because their weight is tied to an embedding: {report['tied']}")
     if report["conv1d_converted"]:
         ctx.note(f"{report['conv1d_converted']} transformers Conv1D layers turned into Linear before quantizing")
     if report["skipped"]:
