@@ -23,11 +23,13 @@ from shipyard.repository import Manifest, Repository
 
 
 def _lineage_points(repo: Repository, name: str, new: dict[str, Any], new_version: int,
-                    new_parent: int) -> list[dict[str, Any]]:
+                    new_parent: int, fresh: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every version's point; those measured in this run (parent, root) use this run's figures,
+    the rest the figures recorded when they were published (imported ones may have none)."""
     points = []
     for v in repo.versions(name):
         m = repo.manifest(name, v)
-        mt = m.metrics
+        mt = fresh.get(v, m.metrics)
         points.append({"version": v, "parent": m.lineage.parent, "format": m.format,
                        "recipe": [s.get("pass") for s in m.lineage.recipe],
                        "accuracy": mt.get("accuracy"), "latency_b1_p50_ms": mt.get("latency_b1_p50_ms"),
@@ -61,7 +63,8 @@ def build_report(repo: Repository, name: str, parent: Manifest, root: Manifest, 
         "machine": {"cpu": features, "threads": threads, "summary": cpu.describe(features),
                     "loadavg": list(os.getloadavg())},
         "lineage": _lineage_points(repo, name, {"format": new["format"], "recipe": [c.name for c in steps],
-                                                "metrics": measured["new"]}, new_version, parent.version),
+                                                "metrics": measured["new"]}, new_version, parent.version,
+                                   {r["version"]: r["metrics"] for r in rows if r["role"] != "new"}),
         "created": datetime.now(timezone.utc).isoformat(), "shipyard_version": __version__,
     }
 
@@ -183,7 +186,7 @@ Latency: p50/p99 after warm-up.</p>
 <table><tr><th>vs root</th><th></th></tr>{delta_rows(report['deltas']['vs_root'])}</table>
 <h2>Accuracy vs latency over the lineage</h2>
 <p>Marker area is proportional to file size; red is this version; the dashed line joins the Pareto front.
-Earlier versions show the figures measured when they were made.</p>
+The parent and root show this run's figures; other versions those measured when they were made.</p>
 {pareto_svg(report['lineage'])}
 <h2>Lineage</h2><table><tr><th>version</th><th>parent</th><th>format</th><th>recipe</th><th>accuracy</th><th>b1 p50 ms</th><th>size</th></tr>{lineage}</table>
 <h2>Recipe</h2><pre>{recipe}</pre>
