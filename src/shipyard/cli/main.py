@@ -165,6 +165,29 @@ def train_cmd(
         nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
 
 
+@app.command("optimize")
+def optimize_cmd(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION to optimize (default: the latest version).")],
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="Recipe YAML: a list of passes.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Built-in recipe: int8-dynamic, int8-static, fp16, prune-structured-50, lowrank-90.")] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="Search recipes for the best --objective within --max-accuracy-drop.")] = False,
+    max_accuracy_drop: Annotated[float, typer.Option(help="Accuracy points the search may lose vs the parent.")] = 1.0,
+    objective: Annotated[str, typer.Option(help="What the search minimises: latency or size.")] = "latency",
+    eval_data: Annotated[str | None, typer.Option("--eval", help="Eval data: FILE.npz (inputs by name, optional 'labels') or zoo:digits.")] = None,
+    calibrate: Annotated[str | None, typer.Option(help="Calibration data (static int8), named like --eval.")] = None,
+    train: Annotated[str | None, typer.Option(help="Training data for fine-tuning, named like --eval.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads for measuring (default: all cores).")] = None,
+    latency_budget: Annotated[float, typer.Option(help="Seconds spent timing each batch size.")] = 2.0,
+    repository: RepoOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compress/convert a version with a recipe, preset or search; publish it with a measured report."""
+    from shipyard.cli.optimize import run_optimize
+
+    run(run_optimize, settings(repository=repository).repository, ref, recipe, preset, auto, max_accuracy_drop,
+        objective, eval_data, calibrate, train, threads, as_json, latency_budget)
+
+
 def main() -> None:
     try:
         app()

@@ -81,11 +81,23 @@ def lineage_tree(repo: Repository, name: str) -> Tree:
     tree = Tree(f"[bold]{name}[/] lineage")
     nodes: dict[int, Tree] = {}
     for v, m in sorted(manifests.items()):
-        recipe = ", ".join(str(step.get("pass", step)) for step in m.lineage.recipe)
-        label = f"v{v} {m.format}" + (f"  [dim]{recipe}[/]" if recipe else "")
+        recipe = ", ".join(_step_label(step) for step in m.lineage.recipe)
+        mt = m.metrics
+        figures = "  ".join(x for x in (
+            human_size(mt.get("size_bytes", m.size_bytes)),
+            f"{mt['latency_b1_p50_ms']:.3f} ms" if isinstance(mt.get("latency_b1_p50_ms"), float) else "",
+            f"{mt['accuracy']:.2%}" if isinstance(mt.get("accuracy"), float) else "") if x)
+        label = f"v{v} {m.format}  {figures}" + (f"  [dim]{recipe}[/]" if recipe else "")
         parent = nodes.get(m.lineage.parent) if m.lineage.parent else None
         nodes[v] = (parent or tree).add(label)
     return tree
+
+
+def _step_label(step: dict[str, Any]) -> str:
+    """'quantize(mode=static)': the pass and the settings that tell recipes apart."""
+    name = str(step.get("pass", step))
+    keys = [k for k in ("mode", "format", "amount", "bits", "energy", "ratio", "calibration") if step.get(k) is not None]
+    return name + (f"({', '.join(f'{k}={step[k]}' for k in keys)})" if keys else "")
 
 
 def import_model(root: Path, path: Path, name: str, inputs: list[str], outputs: list[str],

@@ -1,0 +1,83 @@
+"""Low-rank factorisation of Linear layers by truncated SVD: W (m x n) ~ U_r S_r V_r^T becomes two
+Linears (n -> r -> m). It only pays when r (m + n) < m n, i.e. r < mn/(m+n); other layers stay."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from shipyard.errors import InvalidInput
+from shipyard.optimize.artifact import Artifact
+from shipyard.optimize.passes.base import Context, PassConfig, register
+from shipyard.optimize.passes.graph import linears_as_modules
+from shipyard.optimize.passes.weight_only import conv1d_to_linear_
+
+
+class LowRank(PassConfig):
+    """Factor Linear weights by truncated SVD."""
+
+    name: ClassVar[str] = "low-rank"
+    energy: float | None = Field(0.9, gt=0.0, le=1.0, description="Keep the smallest rank whose singular values hold this fraction of the squared-norm energy.")
+    ratio: float | None = Field(None, gt=0.0, le=1.0, description="Or: keep this fraction of min(m, n) singular values.")
+    exclude: list[str] = Field(default_factory=list, description="Linear layer names left whole.")
+
+    @model_validator(mode="after")
+    def _one(self) -> LowRank:
+        if self.ratio is not None and "energy" not in self.model_fields_set:
+            object.__setattr__(self, "energy", None)
+        if (self.energy is None) == (self.ratio is None):
+            raise ValueError("give exactly one of 'energy' or 'ratio'")
+        return self
+
+
+def rank_for(s: torch.Tensor, config: LowRank) -> int:
+    if config.ratio is not None:
+        return max(1, math.ceil(config.ratio * len(s)))
+    e = torch.cumsum(s.double() ** 2, 0) / (s.double() ** 2).sum()
+    return int(torch.searchsorted(e, torch.tensor(config.energy, dtype=e.dtype)).item()) + 1
+
+
+def factor(lin: nn.Linear, r: int) -> nn.Sequential:
+    u, s, vh = torch.linalg.svd(lin.weight.detach().double(), full_matrices=False)
+    root = s[:r].sqrt()
+    first = nn.Linear(lin.in_features, r, bias=False)
+    second = nn.Linear(r, lin.out_features, bias=lin.bias is not None)
+    first.weight = nn.Parameter((root[:, None] * vh[:r]).float())
+    second.weight = nn.Parameter((u[:, :r] * root[None, :]).float())
+    if lin.bias is not None:
+        second.bias = nn.Parameter(lin.bias.detach().clone())
+    return nn.Sequential(first, second)
+
+
+@register(LowRank)
+def low_rank(artifact: Artifact, config: LowRank, ctx: Context) -> Artifact:
+    artifact.require("torch", "low-rank")
+    module = linears_as_modules(artifact.module)
+    conv1d_to_linear_(module)
+    done: dict[str, Any] = {}
+    skipped: list[str] = []
+    for name, lin in [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]:
+        if name in config.exclude:
+            continue
+        m_, n_ = lin.out_features, lin.in_features
+        s = torch.linalg.svdvals(lin.weight.detach().double())
+        r = rank_for(s, config)
+        if r >= m_ * n_ / (m_ + n_):  # factoring would add FLOPs
+            skipped.append(name)
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, factor(lin, r))
+        done[name] = {"shape": [m_, n_], "rank": r, "params_before": m_ * n_, "params_after": r * (m_ + n_)}
+    if not done:
+        raise InvalidInput(f"pass 'low-rank' factored no layer: at {config.energy or config.ratio} every rank "
+                           f"r stays above mn/(m+n) (layers: {skipped}); lower 'energy' or set 'ratio'")
+    ctx.facts["low_rank"] = {"factored": done, "kept": skipped}
+    ctx.note(f"low-rank SVD factored {len(done)} Linear layers (" +
+             ", ".join(f"{k} r={v['rank']}" for k, v in done.items()) +
+             f"); {len(skipped)} kept whole where r >= mn/(m+n)")
+    return artifact.evolve(module=module, extra={"save_as": "torch-export"})

@@ -1,0 +1,237 @@
+"""Weight-only int8 / int4 quantization of Linear layers in PyTorch models.
+
+The function API, for anyone holding a module (the generation engine uses it on causal LMs):
+
+    from shipyard.optimize import quantize_weights_
+    report = quantize_weights_(model, bits=8)                   # per-output-channel int8
+    report = quantize_weights_(model, bits=4, group_size=128)   # group-wise int4, round to nearest
+
+It replaces every `nn.Linear` (and transformers' GPT-2 `Conv1D`, turned into a Linear first: it is
+a transposed Linear that quantizers keyed on `nn.Linear` silently skip) by a `WeightOnlyLinear`,
+in place, and returns what it did. Activations stay fp32; weights are stored quantized and the
+matmul runs in a kernel behind `WeightOnlyLinear.kernel`, so another kernel can be swapped in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from shipyard.errors import InvalidInput
+from shipyard.optimize.artifact import Artifact
+from shipyard.optimize.passes.base import Context, PassConfig, register
+
+INT4_TILES = 8  # inner_k_tiles of torch's CPU int4 packing
+
+
+def _int8_packed(x: torch.Tensor, layer: WeightOnlyLinear) -> torch.Tensor:
+    return torch.ops.aten._weight_int8pack_mm(x, layer.qweight, layer.scales)
+
+
+def _int4_packed(x: torch.Tensor, layer: WeightOnlyLinear) -> torch.Tensor:
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, layer.qweight, layer.group_size, layer.scales_zeros)
+
+
+def _dequantized(x: torch.Tensor, layer: WeightOnlyLinear) -> torch.Tensor:
+    # Reference kernel: rebuild the fp32 weight each call. Same numbers, no speed-up; used when the
+    # packed kernel is missing or measured slower.
+    return nn.functional.linear(x, layer.dequantize())
+
+
+KERNELS: dict[str, Callable[[torch.Tensor, WeightOnlyLinear], torch.Tensor]] = {
+    "int8-packed": _int8_packed, "int4-packed": _int4_packed, "dequantize": _dequantized,
+}
+
+
+class WeightOnlyLinear(nn.Module):
+    """A Linear whose weight is int8 (per output channel) or int4 (per group of input columns)."""
+
+    def __init__(self, linear: nn.Linear, bits: int, group_size: int, kernel: str) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        self.bits, self.group_size, self.kernel = bits, group_size, kernel
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+        if bits == 8:
+            scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
+            self.register_buffer("qweight", torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8))
+            self.register_buffer("scales", scales)
+        else:
+            g = w.reshape(self.out_features, -1, group_size)
+            lo, hi = g.amin(dim=2), g.amax(dim=2)
+            scales = ((hi - lo) / 15).clamp(min=1e-8)
+            q = torch.round((g - lo[..., None]) / scales[..., None]).clamp(0, 15).to(torch.int32)
+            # torch's int4 format dequantizes as (q - 8) * scale + zero, so zero = lo + 8 * scale.
+            zeros = lo + 8 * scales
+            self.register_buffer("scales_zeros", torch.stack([scales.t(), zeros.t()], dim=2).contiguous())
+            q = q.reshape(self.out_features, -1)
+            if kernel == "int4-packed":  # torch's CPU layout: two 4-bit values per byte
+                self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, INT4_TILES))
+            else:  # one value per byte; only the dequantizing kernel reads it
+                self.register_buffer("q4", q.to(torch.uint8))
+
+    def dequantize(self) -> torch.Tensor:
+        if self.bits == 8:
+            return self.qweight.float() * self.scales[:, None]
+        sz = self.scales_zeros  # [groups, out, 2]
+        q = self.q4.float().reshape(self.out_features, -1, self.group_size)
+        w = (q - 8) * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
+        return w.reshape(self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = KERNELS[self.kernel](x.reshape(-1, shape[-1]).float().contiguous(), self)
+        y = y.reshape(*shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bits={self.bits}, group_size={self.group_size}, kernel={self.kernel}"
+
+
+def conv1d_to_linear_(module: nn.Module) -> int:
+    """Replace transformers' `Conv1D` (weight [in, out]) by an equivalent `nn.Linear`, in place."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return 0
+    count = 0
+    for name, child in list(module.named_modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, Conv1D):
+                lin = nn.Linear(sub.weight.shape[0], sub.weight.shape[1])
+                lin.weight = nn.Parameter(sub.weight.detach().t().contiguous())
+                lin.bias = nn.Parameter(sub.bias.detach().clone())
+                setattr(child, attr, lin)
+                count += 1
+    return count
+
+
+def _time(fn: Callable[[], Any], calls: int = 60) -> float:
+    """Median microseconds per call: robust to the odd call stalled by other processes."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2] * 1e6
+
+
+def measure_kernels(out_features: int, in_features: int, bits: int, group_size: int, rows: int = 1) -> dict[str, float]:
+    """Microseconds per call of each usable kernel vs fp32 `F.linear`, on one layer's shape."""
+    lin = nn.Linear(in_features, out_features, bias=False)
+    x = torch.randn(rows, in_features)
+    times = {"fp32": _time(lambda: nn.functional.linear(x, lin.weight))}
+    for name in (f"int{bits}-packed", "dequantize"):
+        try:
+            layer = WeightOnlyLinear(lin, bits, group_size, name)
+            with torch.inference_mode():
+                times[name] = _time(lambda layer=layer: layer(x))
+        except RuntimeError:  # kernel missing in this build or for this shape
+            continue
+    return times
+
+
+def _eligible(lin: nn.Linear, bits: int, group_size: int) -> bool:
+    if bits == 8:
+        return True
+    return lin.in_features % group_size == 0 and lin.out_features % 8 == 0
+
+
+def quantize_weights_(module: nn.Module, bits: int = 8, group_size: int = 128, kernel: str = "auto",
+                      filter_fn: Callable[[str, nn.Linear], bool] | None = None) -> dict[str, Any]:
+    """Quantize the weights of every Linear in `module` (in place); returns a report dict.
+
+    bits: 8 (per output channel, symmetric) or 4 (asymmetric, `group_size` input columns per scale,
+    round to nearest). kernel: 'auto' measures the packed kernel against the dequantizing one on the
+    largest layer at one row (decode) and keeps the faster; or name one of `KERNELS`.
+    filter_fn(name, linear) -> bool picks layers (default: all that fit the format).
+    """
+    if bits not in (4, 8):
+        raise InvalidInput(f"weight-only bits must be 4 or 8, not {bits}")
+    converted = conv1d_to_linear_(module)
+    # A Linear sharing its weight with an embedding (GPT-2's tied lm_head) stays fp32: quantizing
+    # it would store a second copy and make the file bigger, not smaller.
+    embedded = {m.weight.data_ptr() for m in module.modules() if isinstance(m, nn.Embedding)}
+    tied = [n for n, m in module.named_modules() if isinstance(m, nn.Linear) and m.weight.data_ptr() in embedded]
+    targets = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear) and n not in tied
+               and (filter_fn is None or filter_fn(n, m))]
+    skipped = [n for n, m in targets if not _eligible(m, bits, group_size)]
+    targets = [(n, m) for n, m in targets if _eligible(m, bits, group_size)]
+    report: dict[str, Any] = {"bits": bits, "group_size": group_size if bits == 4 else None,
+                              "conv1d_converted": converted, "skipped": skipped, "tied": tied,
+                              "layers": len(targets)}
+    if not targets:
+        return report
+    if kernel == "auto":
+        big = max(targets, key=lambda t: t[1].weight.numel())[1]
+        times = measure_kernels(big.out_features, big.in_features, bits, group_size)
+        quantized = {k: v for k, v in times.items() if k != "fp32"}
+        kernel = min(quantized, key=lambda k: quantized[k])
+        report["kernel_us"] = {k: round(v, 1) for k, v in times.items()}
+        report["kernel_shape"] = [big.out_features, big.in_features]
+    elif kernel not in KERNELS:
+        raise InvalidInput(f"unknown weight-only kernel {kernel!r}; known: {', '.join(KERNELS)}")
+    report["kernel"] = kernel
+    for name, lin in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, WeightOnlyLinear(lin, bits, group_size, kernel))
+    return report
+
+
+class WeightOnly(PassConfig):
+    """Weight-only int8/int4 quantization of Linear layers (PyTorch models)."""
+
+    name: ClassVar[str] = "weight-only"
+    bits: Literal[4, 8] = Field(8, description="8: per-channel symmetric; 4: group-wise asymmetric round-to-nearest.")
+    group_size: int = Field(128, ge=16, le=4096, description="Input columns per int4 scale (a multiple of 16).")
+    kernel: str = Field("auto", description="'auto' (measure and pick), 'int8-packed', 'int4-packed' or 'dequantize'.")
+    exclude: list[str] = Field(default_factory=list, description="Linear layer names kept in fp32.")
+
+    @model_validator(mode="after")
+    def _check(self) -> WeightOnly:
+        if self.group_size % 16:
+            raise ValueError(f"group_size {self.group_size} must be a multiple of 16")
+        if self.kernel != "auto" and self.kernel not in KERNELS:
+            raise ValueError(f"kernel {self.kernel!r} is unknown; use auto or one of {', '.join(KERNELS)}")
+        return self
+
+
+@register(WeightOnly)
+def weight_only(artifact: Artifact, config: WeightOnly, ctx: Context) -> Artifact:
+    artifact.require("torch", "weight-only")
+    from shipyard.optimize.passes.graph import linears_as_modules
+
+    module = linears_as_modules(artifact.module)
+    names = {n for n, m in module.named_modules() if isinstance(m, nn.Linear)}
+    unknown = sorted(set(config.exclude) - names)
+    if unknown:
+        raise InvalidInput(f"pass 'weight-only': exclude names {unknown}, which are not Linear layers; "
+                           f"Linear layers: {sorted(names)[:10]}")
+    report = quantize_weights_(module, config.bits, config.group_size, config.kernel,
+                               filter_fn=lambda n, _m: n not in config.exclude)
+    if not report["layers"]:
+        raise InvalidInput("pass 'weight-only' found no Linear layer to quantize "
+                           f"(skipped for shape: {report['skipped']}); it only handles Linear/Conv1D layers")
+    ctx.facts["weight_only"] = report
+    times = report.get("kernel_us")
+    if times:
+        ctx.note(f"weight-only int{config.bits}: kernel '{report['kernel']}' chosen by measuring a "
+                 f"{report['kernel_shape']} layer at 1 row: " + ", ".join(f"{k} {v:.0f} us" for k, v in times.items()))
+        if times[report["kernel"]] > times["fp32"]:
+            ctx.note(f"on this CPU the int{config.bits} kernel is slower than fp32 matmul at that shape: "
+                     "weight-only is a size (and memory-bandwidth) option here, not a compute speed-up")
+    if report["tied"]:
+        ctx.note(f"kept in fp32 because their weight is tied to an embedding: {report['tied']}")
+    if report["conv1d_converted"]:
+        ctx.note(f"{report['conv1d_converted']} transformers Conv1D layers turned into Linear before quantizing")
+    if report["skipped"]:
+        ctx.note(f"kept in fp32 (shape does not fit int{config.bits} groups of {config.group_size}): {report['skipped']}")
+    return artifact.evolve(module=module, extra={"weight_only": config.bits})

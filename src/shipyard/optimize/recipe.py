@@ -1,0 +1,96 @@
+"""Recipes: an ordered list of pass configs, written as plain data (YAML or a list of dicts):
+
+    passes:
+      - pass: export
+        format: onnx
+      - pass: quantize
+        mode: static
+        calibration: entropy
+
+Presets are recipes shipped with shipyard; the ONNX ones start with an export when the source is
+a PyTorch model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from shipyard.errors import InvalidInput
+from shipyard.optimize.passes import BY_NAME, PassConfig
+
+Recipe = list[PassConfig]
+
+# name -> (description, steps). Steps needing ONNX get an export prepended for PyTorch sources.
+PRESETS: dict[str, tuple[str, list[dict[str, Any]]]] = {
+    "int8-dynamic": ("ONNX Runtime dynamic int8 (MatMul/Gemm weights; activations quantized at run time)",
+                     [{"pass": "quantize", "mode": "dynamic"}]),
+    "int8-static": ("ONNX Runtime static int8 QDQ, per-channel weights, MinMax calibration",
+                    [{"pass": "quantize", "mode": "static", "calibration": "minmax"}]),
+    "fp16": ("fp16 weights and math (a size option on CPUs)", [{"pass": "quantize", "mode": "fp16"}]),
+    "prune-structured-50": ("remove half the channels / heads / FFN neurons; fine-tune when --train is given",
+                            [{"pass": "prune-structured", "amount": 0.5}]),
+    "lowrank-90": ("truncated SVD of Linear layers keeping 90% of the spectral energy, where it saves FLOPs",
+                   [{"pass": "low-rank", "energy": 0.9}]),
+}
+ONNX_PASSES = {"quantize"}
+
+
+def parse_step(step: Any, index: int) -> PassConfig:
+    if isinstance(step, PassConfig):
+        return step
+    if not isinstance(step, dict) or "pass" not in step:
+        raise InvalidInput(f"recipe step {index} is {step!r}; each step is a mapping with a 'pass' key, "
+                           f"e.g. {{pass: quantize, mode: static}}")
+    fields = {k: v for k, v in step.items() if k != "pass"}
+    name = str(step["pass"])
+    cls = BY_NAME.get(name)
+    if cls is None:
+        raise InvalidInput(f"recipe step {index}: unknown pass '{name}'; known passes: {', '.join(sorted(BY_NAME))}"
+                           + ("; distill comes with the shipyard.train loop (not in this build)" if name == "distill" else ""))
+    try:
+        return cls(**fields)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
+        raise InvalidInput(f"recipe step {index} (pass '{name}'): {problems}") from None
+
+
+def parse_recipe(data: Any) -> Recipe:
+    """A recipe from YAML text's parsed form: a list of steps, or a mapping with `passes:`."""
+    if isinstance(data, dict):
+        unknown = set(data) - {"passes", "description"}
+        if unknown:
+            raise InvalidInput(f"recipe has unknown keys {sorted(unknown)}; use 'passes' (and 'description')")
+        data = data.get("passes")
+    if not isinstance(data, list) or not data:
+        raise InvalidInput("a recipe is a non-empty list of passes (or a mapping with 'passes:')")
+    return [parse_step(s, i) for i, s in enumerate(data, start=1)]
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInput(f"recipe file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise InvalidInput(f"recipe file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_recipe(data)
+
+
+def preset(name: str, source_kind: str, has_train: bool = False) -> Recipe:
+    if name == "distill-half":
+        raise InvalidInput("preset 'distill-half' needs the distillation pass, which arrives with the "
+                           "shipyard.train loop; not in this build")
+    if name not in PRESETS:
+        raise InvalidInput(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
+    steps = [dict(s) for s in PRESETS[name][1]]
+    if name == "prune-structured-50" and has_train:
+        steps[0]["fine_tune_epochs"] = 10
+    if source_kind == "torch" and steps[0]["pass"] in ONNX_PASSES:
+        steps.insert(0, {"pass": "export", "format": "onnx"})
+    return parse_recipe(steps)

@@ -1,0 +1,209 @@
+"""`--auto`: search recipes for the best latency or size within an accuracy-drop budget.
+
+Every candidate is built from the parent, saved to a scratch folder and measured like a published
+version. A quantization candidate that misses the budget gets a layer-by-layer fallback, as Intel
+Neural Compressor and NNCF do: each quantized layer's harm is measured by keeping only it in fp32,
+then the most harmful layers go back to fp32 one at a time until the budget holds. The winner is
+published through the normal runner, so it gets the same report and lineage as any recipe.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shipyard.errors import InvalidInput
+from shipyard.optimize.artifact import load_artifact
+from shipyard.optimize.data import DataSpec
+from shipyard.optimize.measure import measure
+from shipyard.optimize.passes import Context
+from shipyard.optimize.recipe import parse_recipe
+from shipyard.optimize.runner import Result, apply_recipe, optimize, resolve_data, save_artifact
+from shipyard.repository import Repository, parse_ref
+
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class Candidate:
+    label: str
+    steps: list[dict[str, Any]]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    drop: float | None = None  # accuracy points lost vs the parent
+
+    def fits(self, budget: float) -> bool:
+        return self.error is None and self.drop is not None and self.drop <= budget + 1e-9
+
+
+def candidates(kind: str, has_train: bool, objective: str) -> list[Candidate]:
+    onnx = [] if kind == "onnx" else [{"pass": "export", "format": "onnx"}]
+    ft = {"fine_tune_epochs": 10} if has_train else {}
+    out = [
+        Candidate("int8-static (minmax)", [*onnx, {"pass": "quantize", "mode": "static", "calibration": "minmax"}]),
+        Candidate("int8-static (entropy)", [*onnx, {"pass": "quantize", "mode": "static", "calibration": "entropy"}]),
+        Candidate("int8-dynamic", [*onnx, {"pass": "quantize", "mode": "dynamic"}]),
+    ]
+    if objective == "size":
+        out.append(Candidate("fp16", [*onnx, {"pass": "quantize", "mode": "fp16"}]))
+    if kind == "torch":
+        out += [
+            Candidate("prune-structured-25", [{"pass": "prune-structured", "amount": 0.25, **ft}, *onnx]),
+            Candidate("prune-structured-50", [{"pass": "prune-structured", "amount": 0.5, **ft}, *onnx]),
+            Candidate("prune-structured-50 + int8-static", [{"pass": "prune-structured", "amount": 0.5, **ft}, *onnx,
+                                                            {"pass": "quantize", "mode": "static"}]),
+            Candidate("prune-structured-25 + int8-static", [{"pass": "prune-structured", "amount": 0.25, **ft}, *onnx,
+                                                            {"pass": "quantize", "mode": "static"}]),
+            Candidate("lowrank-90", [{"pass": "low-rank", "energy": 0.9}, *onnx]),
+        ]
+    return out
+
+
+class _Evaluator:
+    def __init__(self, repo: Repository, parent: Any, data: tuple[Any, Any, Any], threads: int,
+                 budget_s: float, workdir: Path) -> None:
+        self.repo, self.parent, self.data, self.threads, self.budget_s = repo, parent, data, threads, budget_s
+        self.workdir = workdir
+        self.count = 0
+        ev = data[0]
+        base = repo.path(parent.name, parent.version)
+        self.parent_metrics, preds = measure(base, parent.format, parent.signature, ev, threads, None,
+                                             parent.extra, budget_s)
+        self.reference = preds if ev.labels is None else None
+        if self.reference is not None:
+            self.parent_metrics["accuracy"] = 1.0
+
+    def run(self, cand: Candidate) -> Candidate:
+        self.count += 1
+        folder = self.workdir / f"c{self.count}"
+        (folder / "out").mkdir(parents=True)
+        ev, cal, tr = self.data
+        ctx = Context(workdir=folder, threads=self.threads, eval_data=ev, calibration=cal, train=tr)
+        try:
+            artifact = load_artifact(self.repo, self.parent, folder)
+            artifact = apply_recipe(artifact, parse_recipe(cand.steps), ctx)
+            fmt, extra = save_artifact(artifact, folder / "out", ctx)
+            del artifact
+            gc.collect()  # sessions left by the passes (ORT's calibrator) must not hold threads now
+            cand.metrics, _ = measure(folder / "out", fmt, self.parent.signature, ev, self.threads,
+                                      self.reference, extra, self.budget_s)
+            cand.drop = 100 * (self.parent_metrics.get("accuracy", 0) - cand.metrics.get("accuracy", 0))
+        except InvalidInput as e:
+            cand.error = e.message
+        return cand
+
+
+def _weighted_nodes(path: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in WEIGHTED_OPS]
+
+
+def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress, task: Any,
+             tried: list[Candidate]) -> Candidate | None:
+    """Keep the layers that hurt accuracy most in fp32 until the candidate fits the budget."""
+    quant_at = next(i for i, s in enumerate(cand.steps) if s["pass"] == "quantize")
+    with tempfile.TemporaryDirectory() as tmp:  # the graph the quantizer sees, to name its layers
+        ctx = Context(workdir=Path(tmp), threads=ev.threads, eval_data=ev.data[0])
+        art = load_artifact(ev.repo, ev.parent, Path(tmp))
+        if quant_at:
+            art = apply_recipe(art, parse_recipe(cand.steps[:quant_at]), ctx)
+        if art.onnx_path is None:
+            return None
+        layers = _weighted_nodes(art.onnx_path)
+    harm: list[tuple[float, str]] = []
+    for layer in layers:
+        progress.update(task, description=f"fallback: sensitivity of {layer}")
+        steps = [dict(s) for s in cand.steps]
+        steps[quant_at] = {**steps[quant_at], "exclude": [layer]}
+        c = ev.run(Candidate(f"{cand.label} -{layer}", steps))
+        tried.append(c)
+        if c.drop is not None:
+            harm.append((cand.drop - c.drop, layer))  # accuracy regained by keeping it fp32
+    excluded: list[str] = []
+    for _, layer in sorted(harm, reverse=True):
+        excluded.append(layer)
+        steps = [dict(s) for s in cand.steps]
+        steps[quant_at] = {**steps[quant_at], "exclude": list(excluded)}
+        progress.update(task, description=f"fallback: {len(excluded)} layer(s) in fp32")
+        c = ev.run(Candidate(f"{cand.label}, fp32: {', '.join(excluded)}", steps))
+        tried.append(c)
+        if c.fits(budget):
+            return c
+    return None
+
+
+def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
+           objective: Literal["latency", "size"] = "latency", eval_data: DataSpec = None,
+           calibrate: DataSpec = None, train: DataSpec = None, threads: int | None = None,
+           latency_budget_s: float = 1.0, console: Console | None = None,
+           candidate_list: list[Candidate] | None = None) -> tuple[Result, list[Candidate]]:
+    """Measure every candidate, fall back layer by layer where quantization misses the budget,
+    publish the best that fits; returns the published result and every candidate measured."""
+    if not 0 <= max_accuracy_drop <= 100:
+        raise InvalidInput(f"--max-accuracy-drop {max_accuracy_drop} is in accuracy points: 0 to 100")
+    if objective not in ("latency", "size"):
+        raise InvalidInput(f"--objective {objective!r}: use 'latency' or 'size'")
+    console = console or Console(stderr=True)
+    threads = threads or len(os.sched_getaffinity(0))
+    repo = Repository(repository)
+    name, version = parse_ref(ref)
+    parent = repo.manifest(name, version)
+    data = resolve_data(parent, eval_data, calibrate, train)
+    kind = "onnx" if parent.format == "onnx" else "torch"
+    cands = candidate_list or candidates(kind, data[2] is not None and data[2].labels is not None, objective)
+    tried: list[Candidate] = []
+    with tempfile.TemporaryDirectory(prefix="shipyard-search-") as tmp, Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(f"measuring {name}:{parent.version}", total=len(cands))
+        ev = _Evaluator(repo, parent, data, threads, latency_budget_s, Path(tmp))
+        for cand in cands:
+            progress.update(task, description=cand.label)
+            tried.append(ev.run(cand))
+            progress.advance(task)
+            if not cand.fits(max_accuracy_drop) and cand.error is None and any(s["pass"] == "quantize" for s in cand.steps) \
+                    and cand.steps[-1].get("mode") != "fp16":
+                fallback(ev, cand, max_accuracy_drop, progress, task, tried)
+    key = "latency_b1_p50_ms" if objective == "latency" else "size_bytes"
+    fitting = [c for c in tried if c.fits(max_accuracy_drop)]
+    if not fitting:
+        console.print(search_table(tried, ev.parent_metrics, None, max_accuracy_drop))
+        raise InvalidInput(f"no candidate kept accuracy within {max_accuracy_drop} points of "
+                           f"{name}:{parent.version}; raise --max-accuracy-drop or give --train data for fine-tuning")
+    best = min(fitting, key=lambda c: c.metrics[key])
+    console.print(search_table(tried, ev.parent_metrics, best, max_accuracy_drop))
+    record = [{"candidate": c.label, "steps": c.steps, "error": c.error, "accuracy_drop_pt": c.drop,
+               **{k: c.metrics.get(k) for k in ("accuracy", "latency_b1_p50_ms", "size_bytes")}} for c in tried]
+    result = optimize(repository, ref, recipe=best.steps, eval_data=data[0], calibrate=data[1], train=data[2],
+                      threads=threads, latency_budget_s=max(latency_budget_s, 1.0), console=console,
+                      facts={"search": {"objective": objective, "max_accuracy_drop": max_accuracy_drop,
+                                        "chosen": best.label, "candidates": record}})
+    return result, tried
+
+
+def search_table(tried: list[Candidate], parent: dict[str, Any], best: Candidate | None, budget: float) -> Table:
+    from shipyard.cli.views import human_size
+
+    t = Table(title=f"auto search: {len(tried)} candidates, budget {budget} accuracy points "
+                    f"(parent: {parent.get('accuracy', 0):.2%}, {parent.get('latency_b1_p50_ms', 0):.3f} ms, "
+                    f"{human_size(parent.get('size_bytes', 0))})")
+    for col in ("candidate", "accuracy", "drop pt", "b1 p50 ms", "size", "fits", ""):
+        t.add_column(col, justify="left" if col == "candidate" else "right")
+    for c in tried:
+        m = c.metrics
+        if c.error:
+            t.add_row(c.label, "-", "-", "-", "-", "error", c.error[:60])
+            continue
+        t.add_row(c.label, f"{m.get('accuracy', 0):.2%}", f"{c.drop:+.2f}", f"{m.get('latency_b1_p50_ms', 0):.3f}",
+                  human_size(m.get("size_bytes", 0)), "yes" if c.fits(budget) else "no",
+                  "[bold green]chosen[/]" if c is best else "")
+    return t

@@ -1,0 +1,97 @@
+"""`--auto` search (with the layer-by-layer fallback) and the `shipyard optimize` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shipyard.errors import InvalidInput
+from shipyard.optimize.data import Dataset
+from shipyard.optimize.runner import optimize
+from shipyard.optimize.search import Candidate, search
+from shipyard.repository import Repository
+from tests.cli.test_cli import fails, shipyard
+from tests.fixtures import digits_test
+from tests.optimize.conftest import FAST
+
+
+def test_search_picks_the_fastest_candidate_within_budget(digits_copy: Repository) -> None:
+    cands = [Candidate("int8-static", [{"pass": "quantize", "mode": "static"}]),
+             Candidate("fp16", [{"pass": "quantize", "mode": "fp16"}])]
+    result, tried = search(digits_copy.root, "digits:2", max_accuracy_drop=1.0, objective="size",
+                           candidate_list=cands, **FAST)
+    assert [c.label for c in tried] == ["int8-static", "fp16"]
+    fitting = [c for c in tried if c.fits(1.0)]
+    best = min(fitting, key=lambda c: c.metrics["size_bytes"])
+    assert best.label == "int8-static"  # int8 is about half the size of fp16
+    assert result.manifest.lineage.recipe[0]["mode"] == "static"
+    chosen = result.report["facts"]["search"]
+    assert chosen["chosen"] == "int8-static" and len(chosen["candidates"]) == 2
+
+
+def test_fallback_keeps_the_most_harmful_layers_in_fp32(digits_copy: Repository) -> None:
+    # Calibrating on blank images gives activation ranges that clip every real digit: accuracy
+    # collapses, and only putting layers back in fp32 can bring it within budget.
+    x, _ = digits_test()
+    blank = Dataset({"pixels": np.zeros_like(x[:16])}, None, "blank")
+    cands = [Candidate("int8-static", [{"pass": "quantize", "mode": "static", "per_channel": False}])]
+    result, tried = search(digits_copy.root, "digits:2", max_accuracy_drop=1.0, candidate_list=cands,
+                           calibrate=blank, eval_data="zoo:digits", **FAST)
+    assert tried[0].drop is not None and tried[0].drop > 1.0, tried[0]
+    final = tried[-1]
+    assert final.fits(1.0) and "fp32:" in final.label
+    excluded = result.manifest.lineage.recipe[0]["exclude"]
+    assert 1 <= len(excluded) <= 4  # conv/gemm layers of the CNN
+    sensitivity = [c for c in tried if c.label.startswith("int8-static -")]
+    assert len(sensitivity) == 4  # one trial per weighted layer
+    # fp32 layers are added in order of the accuracy each one alone gave back
+    regained = {c.label.split(" -", 1)[1]: tried[0].drop - c.drop for c in sensitivity}
+    assert excluded[0] == max(regained, key=lambda k: regained[k])
+    before = [c for c in tried if ", fp32: " in c.label]
+    assert all(not c.fits(1.0) for c in before[:-1])  # it stopped at the first that fits
+
+
+def test_search_that_cannot_fit_says_so(digits_copy: Repository) -> None:
+    cands = [Candidate("prune-90", [{"pass": "prune-structured", "amount": 0.95}])]
+    with pytest.raises(InvalidInput, match="no candidate kept accuracy within 0.5 points"):
+        search(digits_copy.root, "digits:1", max_accuracy_drop=0.5, candidate_list=cands,
+               eval_data="zoo:digits", **FAST)
+    assert digits_copy.versions("digits") == [1, 2]
+
+
+def test_callable_and_unlabelled_npz_data(digits_copy: Repository, tmp_path: Path) -> None:
+    x, y = digits_test()
+    result = optimize(digits_copy.root, "digits:2", preset_name="int8-static",
+                      eval_data=lambda: ({"pixels": x}, y), calibrate=lambda: {"pixels": x[:32]}, **FAST)
+    assert result.report["accuracy_is"] == "accuracy on labels"
+    npz = tmp_path / "unlabelled.npz"
+    np.savez(npz, pixels=x)
+    result = optimize(digits_copy.root, "digits:2", preset_name="fp16", eval_data=str(npz), **FAST)
+    assert result.report["accuracy_is"] == "agreement with v2's predictions"
+    assert result.report["rows"][0]["metrics"]["accuracy"] == 1.0  # the parent agrees with itself
+
+
+def test_cli_optimize_preset_recipe_and_errors(digits_copy: Repository, tmp_path: Path) -> None:
+    root = digits_copy.root
+    out = shipyard("optimize", "digits:2", "--preset", "int8-static", "--threads", "1",
+                   "--latency-budget", "0.05", "-r", root)
+    assert out.returncode == 0, out.stderr
+    assert "published digits:3 (onnx)" in out.stdout and "b1 p50 ms" in out.stdout
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("- pass: prune-unstructured\n  amount: 0.8\n- pass: export\n")
+    out = shipyard("optimize", "digits:1", "--recipe", recipe, "--threads", "1", "--latency-budget", "0.05",
+                   "--json", "-r", root)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    new = report["rows"][-1]["metrics"]
+    assert new["nonzero_parameters"] < 0.25 * new["parameters"]
+    assert report["deltas"]["vs_parent"]["size_ratio"] < 0.5  # sparse initializers really shrink the file
+    assert "fails" not in fails(shipyard("optimize", "digits:2", "-r", root))
+    assert "unknown preset 'x'" in fails(shipyard("optimize", "digits:2", "--preset", "x", "-r", root))
+    line = fails(shipyard("optimize", "digits:2", "--preset", "fp16", "--eval", "nope.npz", "-r", root))
+    assert "--eval file nope.npz does not exist" in line
+    shown = shipyard("models", "show", "digits:4", "-r", root)
+    assert "prune-unstructured(amount=0.8)" in shown.stdout and "quantize(mode=static" in shown.stdout
