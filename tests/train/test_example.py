@@ -35,3 +35,43 @@ def test_digits_example_trains_and_publishes(tmp_path: Path, monkeypatch: pytest
     logits = rt.infer({"pixels": pixels}, ["logits"])["logits"]
     assert float((logits.argmax(1) == labels).mean()) == pytest.approx(m.metrics["accuracy"], abs=1e-6)
     assert np.isfinite(logits).all()
+
+
+def test_code_lm_example_trains_and_publishes_a_causal_lm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code-lm example, shrunk by its own task options (a few files, one tiny layer), goes
+    through the same loop and lands as an hf-causal-lm version the generation runtime loads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    cfg = yaml.safe_load((ROOT / "examples/train/code-lm.yaml").read_text())
+    assert cfg["task"]["name"] == "code-lm"
+    cfg["task"]["options"].update(max_files=4, max_windows=24, layers=1, hidden=32, heads=2, vocab=300, seq=32)
+    cfg.update(threads=1, data={"batch_size": 8}, epochs=2)
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["train", "lm.yaml", "-r", "repo"])
+    assert result.exit_code == 0, result.output
+    repo = Repository(tmp_path / "repo")
+    m = repo.manifest("code-lm-trained")
+    repo.verify(m)
+    assert m.format == "hf-causal-lm"
+    assert m.metrics["steps"] == 6  # 24 windows / batch 8, two epochs
+    assert 1 < m.metrics["heldout_perplexity"] < 300  # below uniform over the 300-token vocabulary
+    assert m.extra["training"]["config"]["task"]["options"]["seq"] == 32
+    folder = repo.path("code-lm-trained", m.version)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert model.config.n_layer == 1 and len(tokenizer) == model.config.vocab_size
+    ids = tokenizer("def main(", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
+
+
+def test_code_lm_task_rejects_bad_options() -> None:
+    from shipyard.errors import InvalidInput
+    from shipyard.train.tasks import build_task
+
+    with pytest.raises(InvalidInput, match="size 'huge' is not known"):
+        build_task("code-lm", {"size": "huge"})
+    with pytest.raises(InvalidInput, match="max_windows must be at least 1"):
+        build_task("code-lm", {"max_windows": 0})
+    with pytest.raises(InvalidInput, match="layerz"):
+        build_task("code-lm", {"layerz": 2})

@@ -23,8 +23,12 @@ def publish(repository: Path, config: TrainConfig, task: Task, model: nn.Module,
     else:
         recipe = [{"pass": "train", "task": task.name, "epochs": config.epochs}]
     lineage = Lineage(source=f"shipyard.train (task {task.name}, trained here)", recipe=recipe)
+    extra = {"training": {"config": config.model_dump(mode="json"), **facts}}
+    if task.publish is not None:
+        manifest: Manifest = task.publish(model.eval(), repo, config.publish.name, lineage, metrics, extra)
+        return manifest
     with repo.publish(config.publish.name, "torch-export", task.signature, lineage, metrics) as stage:
         task.export(model.eval(), stage.path / "model.pt2")
-        stage.extra["training"] = {"config": config.model_dump(mode="json"), **facts}
+        stage.extra.update(extra)
     assert stage.manifest is not None
     return stage.manifest

@@ -40,6 +40,9 @@ class Task:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # Publishing in a format other than a torch.export program (a causal LM's folder, say):
+    # `publish(model, repository, name, lineage, metrics, extra) -> Manifest` replaces `export`.
+    publish: Callable[..., Any] | None = None
 
 
 def digits(subset: int | None = None, dropout: float = 0.2, eval_subset: int | None = None) -> Task:
@@ -83,7 +86,70 @@ def digits(subset: int | None = None, dropout: float = 0.2, eval_subset: int | N
     )
 
 
-REGISTRY: dict[str, Callable[..., Task]] = {"digits": digits}
+def code_lm(size: str = "demo", max_files: int | None = None, max_windows: int | None = None,
+            layers: int | None = None, hidden: int | None = None, heads: int | None = None,
+            vocab: int | None = None, seq: int | None = None) -> Task:
+    """code-lm (`shipyard.zoo.code_lm`): a GPT-2-style model of Python, on the standard library.
+
+    size: 'demo' or 'small' (shape, vocabulary and window from `zoo.code_lm.SIZES`); layers,
+    hidden, heads, vocab and seq override it. max_files: train on the first N files only.
+    max_windows: at most N training windows of `seq` tokens (an epoch's length).
+    Published as `hf-causal-lm` (weights, config and tokenizer), ready for the OpenAI channel.
+    """
+    from shipyard.zoo import code_lm as zoo
+    from shipyard.zoo import lm
+
+    if size not in zoo.SIZES:
+        raise InvalidInput(f"task.options.size {size!r} is not known; use one of {', '.join(zoo.SIZES)}")
+    for key, value in {"max_files": max_files, "max_windows": max_windows, "layers": layers,
+                       "hidden": hidden, "heads": heads, "vocab": vocab, "seq": seq}.items():
+        if value is not None and value < 1:
+            raise InvalidInput(f"task.options.{key} must be at least 1, got {value}")
+    base = zoo.SIZES[size]
+    shape = {"layers": layers or base.layers, "hidden": hidden or base.hidden, "heads": heads or base.heads}
+    window = seq or base.seq
+    train_texts, held_texts = zoo.texts(max_files)
+    tokenizer = lm.train_tokenizer(train_texts, vocab or base.vocab)  # deterministic: same on every rank
+    ids, held = zoo.tokens(tokenizer, train_texts), zoo.tokens(tokenizer, held_texts)
+    count = (len(ids) - 1) // window
+    if max_windows is not None:
+        count = min(count, max_windows)
+    if count < 1:
+        raise InvalidInput(f"the training text holds fewer than {window + 1} tokens; give more files")
+    rows = ids[: count * window + 1]
+    data = TensorDataset(rows[:-1].view(count, window), rows[1:].view(count, window))
+
+    class NextTokenLogits(nn.Module):
+        """The HF model as the loop wants it: token ids in, logits out."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = lm.build_model("gpt2", len(tokenizer), context=max(base.context, window), **shape)
+            self.lm.config.eos_token_id = self.lm.config.bos_token_id = tokenizer.eos_token_id
+            self.lm.generation_config.eos_token_id = tokenizer.eos_token_id
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.lm(ids).logits  # type: ignore[no-any-return]
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        return {"heldout_perplexity": round(zoo.perplexity(model.lm, held, window), 3)}
+
+    def publish(model: nn.Module, repo: Any, name: str, lineage: Any, metrics: dict[str, Any],
+                extra: dict[str, Any]) -> Any:
+        return zoo.publish(repo, model.lm, tokenizer, metrics, size, name=name, lineage=lineage, extra=extra)
+
+    def no_export(model: nn.Module, path: Path) -> None:
+        raise InvalidInput("code-lm publishes as hf-causal-lm, not as a torch.export program")
+
+    return Task(
+        name="code-lm", build_model=NextTokenLogits, train_data=data, signature=Signature(inputs=[], outputs=[]),
+        export=no_export, evaluate=evaluate, publish=publish,
+        options={"size": size, "max_files": max_files, "max_windows": max_windows, **shape,
+                 "vocab": vocab or base.vocab, "seq": window},
+    )
+
+
+REGISTRY: dict[str, Callable[..., Task]] = {"digits": digits, "code-lm": code_lm}
 
 
 def resolve(name: str) -> Callable[..., Task]:

@@ -57,7 +57,16 @@ def _read(files: list[Path]) -> list[str]:
     return [f.read_text(encoding="utf-8", errors="replace") for f in files]
 
 
-def _tokens(tokenizer: Any, texts: list[str]) -> Any:
+def texts(max_files: int | None = None) -> tuple[list[str], list[str]]:
+    """(train, held-out) texts; with `max_files`, the first N training files and a tenth as many
+    held-out ones (small, fast runs)."""
+    train_files, held_files = stdlib_files()
+    if max_files:
+        train_files, held_files = train_files[:max_files], held_files[:max(1, max_files // 10)]
+    return _read(train_files), _read(held_files)
+
+
+def tokens(tokenizer: Any, texts: list[str]) -> Any:
     import torch
 
     ids: list[int] = []
@@ -101,7 +110,7 @@ def train(size: Size, *, max_files: int | None = None, threads: int = 2, seed: i
     train_texts, held_texts = _read(train_files), _read(held_files)
     start = time.perf_counter()
     tokenizer = lm.train_tokenizer(train_texts, size.vocab)
-    data, held = _tokens(tokenizer, train_texts), _tokens(tokenizer, held_texts)
+    data, held = tokens(tokenizer, train_texts), tokens(tokenizer, held_texts)
     model = lm.build_model("gpt2", len(tokenizer), layers=size.layers, hidden=size.hidden,
                            heads=size.heads, context=size.context)
     model.config.eos_token_id = model.config.bos_token_id = tokenizer.eos_token_id
@@ -155,7 +164,8 @@ def existing(repo: Repository) -> Manifest | None:
     return None
 
 
-def publish(repo: Repository, model: Any, tokenizer: Any, metrics: dict[str, Any], size_name: str) -> Manifest:
+def publish(repo: Repository, model: Any, tokenizer: Any, metrics: dict[str, Any], size_name: str, *,
+            name: str = NAME, lineage: Lineage | None = None, extra: dict[str, Any] | None = None) -> Manifest:
     from shipyard.runtimes import RuntimeOptions
     from shipyard.runtimes.hf_causal import HFCausalLMRuntime
     from shipyard.zoo import lm
@@ -164,9 +174,11 @@ def publish(repo: Repository, model: Any, tokenizer: Any, metrics: dict[str, Any
         folder = lm.save(model, tokenizer, Path(tmp) / NAME)
         options = RuntimeOptions()
         signature = HFCausalLMRuntime.inspect(folder, options)
-        lineage = Lineage(source=f"shipyard.zoo.code_lm --size {size_name} (trained here on the Python standard library)")
-        with repo.publish(NAME, HFCausalLMRuntime.format, signature, lineage, metrics) as stage:
+        lineage = lineage or Lineage(
+            source=f"shipyard.zoo.code_lm --size {size_name} (trained here on the Python standard library)")
+        with repo.publish(name, HFCausalLMRuntime.format, signature, lineage, metrics) as stage:
             stage.extra.update(HFCausalLMRuntime.stage(folder, stage.path, options))
+            stage.extra.update(extra or {})
             stage.extra["zoo"] = NAME
             stage.extra["size"] = size_name
     assert stage.manifest is not None
