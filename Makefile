@@ -30,3 +30,11 @@ lock:
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
+
+# Regenerate the gRPC V2 Python modules from our .proto files (committed; run after editing them).
+PROTO_DIR := src/shipyard/serve/channels/grpc_v2/protocol
+.PHONY: proto
+proto:
+	$(BIN)/python -m grpc_tools.protoc -Isrc --python_out=src --pyi_out=src --grpc_python_out=src \
+		$(PROTO_DIR)/messages.proto $(PROTO_DIR)/service.proto
+	rm -f $(PROTO_DIR)/messages_pb2_grpc.py

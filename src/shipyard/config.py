@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     max_queue_delay_us: int | None = Field(None, ge=0, description="Override every model's delay.")
     max_queue_size: int | None = Field(None, ge=1, description="Override every model's queue bound.")
     adaptive: bool | None = Field(None, description="Override every model's adaptive batching.")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port (KServe V2 gRPC); 0 turns gRPC off.")
+    auth: Path | None = Field(
+        None, description="API key file (YAML, written by `shipyard keys create`); every route but "
+        "health then needs a key. None: no keys needed."
+    )
 
     def batching_for(self, model: ModelConfig) -> BatchingConfig:
         """A model's batching with the process-wide overrides applied."""

@@ -78,6 +78,8 @@ def serve_cmd(
     spin: Annotated[bool | None, typer.Option("--spin/--no-spin", help="Let ONNX Runtime threads spin between ops (default: no; spinning burns CPU the server needs).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle-based model files.")] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (KServe V2 gRPC) [env SHIPYARD_GRPC_PORT; default 8001]; 0 turns gRPC off.")] = None,
+    auth: Annotated[Path | None, typer.Option(help="API key file from `shipyard keys create` [env SHIPYARD_AUTH]; every route but health then needs a key.")] = None,
 ) -> None:
     """Serve models over KServe V2 REST with dynamic batching."""
     from shipyard.serve.app import serve
@@ -86,6 +88,9 @@ def serve_cmd(
             max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
             max_queue_size=max_queue_size, adaptive=adaptive, max_request_bytes=max_request_bytes, device=device, spin=spin,
             trust_pickle=trust_pickle or None)
+    s = run(settings, **{**s.model_dump(), "grpc_port": grpc_port, "auth": auth})
+    if s.auth is not None and not s.auth.is_file():
+        fail(f"key file {s.auth} does not exist; make one with `shipyard keys create --file {s.auth}`")
     if not s.repository.is_dir():
         fail(f"repository {s.repository} does not exist; run `shipyard demo --no-serve` or `shipyard models import`")
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
@@ -141,6 +146,11 @@ def models_remove(ref: Annotated[str, typer.Argument(help="NAME:VERSION to remov
         fail(f"give the version to remove, as in '{name}:1'")
     run(Repository(settings(repository=repository).repository).remove, name, version)
     typer.echo(f"removed {name}:{version}")
+
+
+from shipyard.cli.keys import keys_app  # noqa: E402 - typer sub-app, imports nothing heavy
+
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

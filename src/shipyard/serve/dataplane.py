@@ -3,13 +3,16 @@ it on the model's batcher, and builds the response. It speaks only core types.""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 
 from shipyard import __version__
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, ShipyardError
 from shipyard.repository import Signature, TensorSpec
+from shipyard.serve.auth import Guard, KeyRecord
+from shipyard.serve.metrics import OTHER, Metrics
 from shipyard.serve.manager import READY, LoadedVersion, ModelManager
 from shipyard.serve.types import InferRequest, InferResponse
 from shipyard.tensors import Tensor, numpy_dtype
@@ -77,8 +80,34 @@ def _output_tensor(spec: TensorSpec, array: np.ndarray) -> Tensor:
 
 
 class DataPlane:
-    def __init__(self, manager: ModelManager) -> None:
+    """Everything a channel needs: health, metadata, inference, access checks and metrics.
+    `channel` names the caller in metrics and in the keys' channel lists."""
+
+    def __init__(self, manager: ModelManager, guard: Guard | None = None) -> None:
         self.manager = manager
+        self.guard = guard
+        self.metrics = Metrics(manager)
+        manager.batch_observer = self.metrics.batch_observer
+
+    # -- access ----------------------------------------------------------------------------
+    def authorize(self, token: str | None, channel: str, model: str | None = None,
+                  spend: bool = True) -> KeyRecord | None:
+        """The caller's key record (None when auth is off); refusals are counted and raised."""
+        if self.guard is None:
+            return None
+        try:
+            return self.guard.authorize(token, channel, model, spend)
+        except ShipyardError as e:
+            self.metrics.record_error(model or OTHER, None, channel, e, time.perf_counter())
+            raise
+
+    def visible(self, key: KeyRecord | None, model: str) -> bool:
+        """Whether a listing shown to this key may name the model."""
+        return key is None or key.allows(key.models, model)
+
+    def reject(self, model: str, channel: str, exc: BaseException, start: float) -> None:
+        """Count a request that a channel refused before it reached `infer` (it could not decode it)."""
+        self.metrics.record_error(model, None, channel, exc, start)
 
     # -- health and metadata ---------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
@@ -103,6 +132,27 @@ class DataPlane:
             meta["reason"] = lv.reason
         return meta
 
+    def model_config(self, name: str, version: int | None) -> dict[str, Any]:
+        """The serving config as Triton's model configuration describes it (dims without the
+        batch dimension when the model batches)."""
+        lv = self.manager.describe(name, version)
+        config = self.manager.repository.model_config(name)
+        batching = self.manager.settings.batching_for(config)
+        sig = lv.manifest.signature if lv.manifest else Signature(inputs=[], outputs=[])
+        batched = sig.batched and batching.max_batch_size > 1
+
+        def dims(specs: list[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": s.datatype, "dims": s.shape[1:] if batched else s.shape}
+                    for s in specs]
+
+        return {
+            "name": name, "platform": lv.platform, "backend": lv.platform,
+            "max_batch_size": batching.max_batch_size if batched else 0,
+            "max_queue_delay_us": batching.max_queue_delay_us,
+            "version_policy": config.version_policy, "versions": config.versions,
+            "inputs": dims(sig.inputs), "outputs": dims(sig.outputs),
+        }
+
     def model_stats(self, name: str | None, version: int | None) -> list[dict[str, Any]]:
         rows = []
         names = [name] if name else sorted(self.manager.models)
@@ -115,7 +165,19 @@ class DataPlane:
         return rows
 
     # -- inference ---------------------------------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest, channel: str = "rest_v2", start: float | None = None) -> InferResponse:
+        """Run one request; counted in the metrics with its outcome and time since `start`."""
+        start = time.perf_counter() if start is None else start
+        version = request.version
+        try:
+            response = await self._infer(request)
+        except BaseException as e:
+            self.metrics.record_error(request.model, version, channel, e, start)
+            raise
+        self.metrics.record(request.model, response.version, channel, "success", start)
+        return response
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
         lv = self.manager.get(request.model, request.version)
         assert lv.manifest is not None and lv.batcher is not None
         signature = lv.manifest.signature
