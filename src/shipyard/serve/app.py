@@ -17,7 +17,7 @@ from shipyard.config import Settings
 from shipyard.errors import ShipyardError
 from shipyard.repository import Repository
 from shipyard.serve.auth import Guard
-from shipyard.serve.channels import http_errors, http_ops, rest_v2
+from shipyard.serve.channels import http_errors, http_ops, rest_v1, rest_v2
 from shipyard.serve.channels.http_access import AccessGate
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.manager import ModelManager
@@ -79,6 +79,7 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
     app.include_router(rest_v2.router)
     app.add_middleware(rest_v2.InferFastPath, fastapi_app=app)
     app.include_router(http_ops.router)
+    app.include_router(rest_v1.router)
     if guard is not None:  # outermost: checked before the fast path and every route
         app.add_middleware(AccessGate, fastapi_app=app)
     return app

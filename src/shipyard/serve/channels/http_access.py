@@ -20,7 +20,7 @@ ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^/v2/models/stats$"), "rest_v2"),
     (re.compile(r"^/v2/models/([^/]+)"), "rest_v2"),
     (re.compile(r"^/v2/repository/models/([^/]+)/"), "rest_v2"),
-    (re.compile(r"^/v2(/|$)"), "rest_v2"),
+    (re.compile(r"^/v2(?:/|$)"), "rest_v2"),
     (re.compile(r"^/v1/models/([^/:]+)(?:/versions/[^/:]+)?(?::predict)?$"), "rest_v1"),
     (re.compile(r"^/v1/"), "openai"),
     (re.compile(r"^/metrics$"), "metrics"),
