@@ -152,6 +152,10 @@ from shipyard.cli.keys import keys_app  # noqa: E402 - typer sub-app, imports no
 
 app.add_typer(keys_app, name="keys")
 
+from shipyard.cli.infer import infer_cmd  # noqa: E402
+
+app.command("infer")(infer_cmd)
+
 
 def main() -> None:
     try:
