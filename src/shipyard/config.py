@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,31 @@ class BatchingConfig(BaseModel):
     )
 
 
+class ShadowConfig(BaseModel):
+    """A version that sees a copy of live traffic; its answers are compared, never returned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="The shadow version (it must be loaded: version_policy all/specific).")
+    fraction: float = Field(1.0, ge=0.0, le=1.0, description="Share of requests mirrored to it.")
+    rtol: float = Field(1e-3, ge=0.0, description="Relative tolerance under which answers agree.")
+    atol: float = Field(1e-4, ge=0.0, description="Absolute tolerance under which answers agree.")
+
+
+class RoutingConfig(BaseModel):
+    """Where requests that name no version go: a weighted split (canary) and an optional shadow.
+    Re-read from config.json within about a second of a change; no restart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Version -> weight, e.g. {\"1\": 90, \"2\": 10}. Versions not ready are skipped; "
+        "empty: the latest ready version takes everything.",
+    )
+    shadow: ShadowConfig | None = Field(None, description="Mirror a share of traffic to this version.")
+
+
 class ModelConfig(BaseModel):
     """Per-model serving config (`<repository>/<model>/config.json`)."""
 
@@ -62,6 +88,7 @@ class ModelConfig(BaseModel):
     )
     versions: list[int] = Field(default_factory=list, description="Versions loaded by 'specific'.")
     threads: int | None = Field(None, ge=1, le=256, description="Intra-op threads for this model.")
+    routing: RoutingConfig | None = Field(None, description="Traffic split and shadow for requests without a version.")
 
 
 class Settings(BaseSettings):

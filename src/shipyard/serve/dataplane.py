@@ -3,6 +3,8 @@ it on the model's batcher, and builds the response. It speaks only core types.""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
@@ -11,12 +13,15 @@ import numpy as np
 from shipyard import __version__
 from shipyard.errors import InvalidInput, ShipyardError
 from shipyard.repository import Signature, TensorSpec
+from shipyard.config import ShadowConfig
 from shipyard.serve.auth import Guard, KeyRecord
 from shipyard.serve.metrics import OTHER, Metrics
+from shipyard.serve.routing import Router
 from shipyard.serve.manager import READY, LoadedVersion, ModelManager
 from shipyard.serve.types import InferRequest, InferResponse
 from shipyard.tensors import Tensor, numpy_dtype
 
+log = logging.getLogger("shipyard.serve")
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 
 
@@ -87,6 +92,8 @@ class DataPlane:
         self.manager = manager
         self.guard = guard
         self.metrics = Metrics(manager)
+        self.router = Router(manager.repository)
+        self._shadows: set[asyncio.Task[None]] = set()
         manager.batch_observer = self.metrics.batch_observer
 
     # -- access ----------------------------------------------------------------------------
@@ -178,12 +185,21 @@ class DataPlane:
         return response
 
     async def _infer(self, request: InferRequest) -> InferResponse:
-        lv = self.manager.get(request.model, request.version)
+        version, shadow = request.version, None
+        if version is None and self.router.routing(request.model) is not None:
+            ready = self.manager.entry(request.model).ready_versions()
+            version, shadow = self.router.choose(request.model, ready)
+        lv = self.manager.get(request.model, version)
         assert lv.manifest is not None and lv.batcher is not None
         signature = lv.manifest.signature
         arrays = check_inputs(request, signature)
         wanted = check_outputs(request, signature)
         results = await lv.batcher.submit(arrays, wanted)
+        if shadow is not None and shadow.version != lv.version:
+            task = asyncio.get_running_loop().create_task(
+                self._shadow(request, shadow, lv.version, wanted, results))
+            self._shadows.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._shadows.discard)
         specs = {o.name: o for o in signature.outputs}
         return InferResponse(
             model=request.model,
@@ -191,6 +207,29 @@ class DataPlane:
             outputs=[_output_tensor(specs[n], results[n]) for n in wanted],
             id=request.id,
         )
+
+    async def _shadow(self, request: InferRequest, shadow: ShadowConfig, primary: int, wanted: list[str],
+                      results: dict[str, np.ndarray]) -> None:
+        """Run the request on the shadow version after the primary answered; count whether the
+        answers agree. Nothing of it reaches the client."""
+        try:
+            slv = self.manager.get(request.model, shadow.version)
+            assert slv.manifest is not None and slv.batcher is not None
+            out = await slv.batcher.submit(check_inputs(request, slv.manifest.signature), wanted)
+            agree = all(_agree(out[n], results[n], shadow.rtol, shadow.atol) for n in wanted)
+            outcome = "agree" if agree else "disagree"
+        except Exception as e:  # noqa: BLE001 - a failing shadow is counted, never raised
+            log.debug("shadow %s:%s failed: %s", request.model, shadow.version, e)
+            outcome = "error"
+        self.metrics.shadow.labels(request.model, str(primary), str(shadow.version), outcome).inc()
+
+
+def _agree(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.dtype == object or b.dtype == object:
+        return bool(np.array_equal(a, b))
+    return bool(np.allclose(a, b, rtol=rtol, atol=atol))
 
 
 def _stats(lv: LoadedVersion) -> dict[str, Any]:
