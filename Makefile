@@ -38,3 +38,7 @@ proto:
 	$(BIN)/python -m grpc_tools.protoc -Isrc --python_out=src --pyi_out=src --grpc_python_out=src \
 		$(PROTO_DIR)/messages.proto $(PROTO_DIR)/service.proto
 	rm -f $(PROTO_DIR)/messages_pb2_grpc.py
+
+.PHONY: bench-grpc
+bench-grpc: setup
+	$(BIN)/python bench/serve_grpc.py
