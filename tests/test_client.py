@@ -83,3 +83,16 @@ def test_infer_command(server: ServerProcess, tmp_path: Path) -> None:
     missing = subprocess.run([*SHIPYARD, "infer", "digits", "-i", str(tmp_path / "none.npy"), "--url", server.url],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "cannot read input" in missing.stderr
+
+
+def test_docs_example_runs(server: ServerProcess) -> None:
+    import sys
+
+    from tests.fixtures import ROOT
+
+    code = (ROOT / "docs/examples/shipyard_client.py").read_text()
+    code = code.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}").replace("127.0.0.1:8001", server.grpc_url)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[0", "1", "2", "3]", "[0", "1", "2", "3]"]
+    assert "docs/examples/shipyard_client.py" in (ROOT / "README.md").read_text()

@@ -35,6 +35,7 @@ log = logging.getLogger("shipyard.serve")
 PREFIX = "sy_"
 ID_CHARS = 12
 RELOAD_CHECK_S = 1.0
+VERIFIED_MAX = 10_000
 # Where a request's key is refused: the same words whether or not the model exists.
 DENIED = "this API key may not use model '{model}'"
 
@@ -135,6 +136,8 @@ class Guard:
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
         self._buckets: dict[str, _Bucket] = {}
+        # Keys already checked against their hash (valid ones only, so callers cannot grow it).
+        self._verified: dict[str, KeyRecord] = {}
         self._reload(force=True)
 
     def _reload(self, force: bool = False) -> None:
@@ -154,6 +157,7 @@ class Guard:
             log.warning("%s; keeping the %d keys loaded before", e.message, len(self._records))
             return
         self._records = {k.id: k for k in keys.keys}
+        self._verified = {}
         self._buckets = {i: b for i, b in self._buckets.items() if i in self._records}
         self._stamp = stamp
         if not force:
@@ -166,10 +170,15 @@ class Guard:
             self._reload()
         if not token:
             raise Unauthenticated("an API key is required: send 'Authorization: Bearer <key>'")
+        record = self._verified.get(token)
+        if record is not None:
+            return record
         record = self._records.get(token[len(PREFIX):len(PREFIX) + ID_CHARS]) if token.startswith(PREFIX) else None
         if record is None or not hmac.compare_digest(
                 record.hash, _digest(record.salt, token[len(PREFIX) + ID_CHARS:])):
             raise Unauthenticated("the API key is not valid (unknown, revoked or mistyped)")
+        if len(self._verified) < VERIFIED_MAX:
+            self._verified[token] = record
         return record
 
     def authorize(self, token: str | None, channel: str, model: str | None = None,
