@@ -3,6 +3,7 @@ Access checks and the error -> status-code table live in one interceptor (interc
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from shipyard.serve.channels.grpc_v2.protocol import service_pb2_grpc
 from shipyard.serve.dataplane import DataPlane
 
 SERVICE = "inference.GRPCInferenceService"
+STREAM_WINDOW = 64  # requests of one stream in flight at once
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -70,16 +72,33 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """Each request is answered in order on the stream; a bad one gets an error_message and
-        the stream goes on, as Triton does. Each request is checked against the key on its own."""
+        the stream goes on, as Triton does. Requests are read ahead and run concurrently (so a
+        busy stream batches), up to STREAM_WINDOW at a time; each is checked against the key."""
         token = token_of(context)
-        async for request in request_iterator:
+        pending: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(STREAM_WINDOW)
+
+        async def one(request: Any) -> Any:
             try:
                 self.plane.authorize(token, CHANNEL, request.model_name or None)
-                response = await self._infer(request)
-                yield pb.ModelStreamInferResponse(infer_response=response)
+                return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
             except ShipyardError as e:
-                yield pb.ModelStreamInferResponse(error_message=e.message,
-                                                  infer_response=pb.ModelInferResponse(id=request.id))
+                return pb.ModelStreamInferResponse(error_message=e.message,
+                                                   infer_response=pb.ModelInferResponse(id=request.id))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await pending.put(asyncio.ensure_future(one(request)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader  # re-raises a broken stream
+        finally:
+            reader.cancel()
 
     # -- repository extension -----------------------------------------------------------------
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
