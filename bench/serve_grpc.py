@@ -261,6 +261,59 @@ def mlserver_cells(model: str, onnx_path: Path, payload: dict[str, Any], args: a
     return rows
 
 
+def ab_auth(model: str, serve_repo: Path, payload: dict[str, Any], args: argparse.Namespace,
+            work: Path) -> list[dict[str, Any]]:
+    """Auth off vs on, interleaved: both servers up at once, alternating --ab-seconds blocks for
+    --ab-rounds rounds, so the noise of other work on the machine hits both alike."""
+    key_file = work / "keys-ab.yaml"
+    if key_file.exists():
+        key_file.unlink()
+    key = subprocess.run([sr.shipyard_bin(), "keys", "create", "--file", str(key_file)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    servers = []
+    try:
+        for label, extra in (("off", []), ("on", ["--auth", str(key_file)])):
+            servers.append((label, *shipyard_server(serve_repo, model, args, work, extra, f"ab-{label} {model}")))
+        c = max(args.concurrency)
+        out = []
+        for channel in ("grpc", "rest-binary"):
+            rps: dict[str, list[float]] = {"off": [], "on": []}
+            for r in range(args.ab_rounds):
+                order = servers if r % 2 == 0 else servers[::-1]
+                for label, server, base, target in order:
+                    token = key if label == "on" else None
+                    if channel == "grpc":
+                        async def go() -> sr.Phase:
+                            async with grpc.aio.insecure_channel(target) as ch:
+                                call = ch.unary_unary(INFER)
+                                md = (("authorization", f"Bearer {token}"),) if token else None
+                                await grpc_phase(call, payload["grpc"], md, c, 1.0)
+                                return await grpc_phase(call, payload["grpc"], md, c, args.ab_seconds)
+                    else:
+                        async def go() -> sr.Phase:
+                            import httpx
+
+                            headers = {**payload["binary_headers"],
+                                       **({"authorization": f"Bearer {token}"} if token else {})}
+                            limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+                            async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as cl:
+                                url = f"{base}/v2/models/{model}/infer"
+                                await sr.load_phase([cl], url, payload["binary"], c, 1.0)
+                                return await sr.load_phase([cl], url, payload["binary"], c, args.ab_seconds)
+                    ph = run(go())
+                    if ph.errors:
+                        raise RuntimeError(f"A/B {channel} auth {label}: {ph.errors.most_common(1)}")
+                    rps[label].append(len(ph.latencies) / ph.elapsed)
+            ratios = [on / off for on, off in zip(rps["on"], rps["off"], strict=True)]
+            out.append({"model": model, "channel": channel, "c": c, "rps_off": rps["off"], "rps_on": rps["on"],
+                        "median_change_pct": round(100 * (float(np.median(ratios)) - 1), 1)})
+            sr.log(f"  A/B {model} {channel} c={c}: auth on/off median {out[-1]['median_change_pct']:+.1f}%")
+        return out
+    finally:
+        for _, server, _, _ in servers:
+            server.stop()
+
+
 def micro_costs(n: int = 20000) -> dict[str, float]:
     """Microseconds per request of what auth + metrics add on the hot path, timed in-process."""
     import tempfile
@@ -339,21 +392,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mlserver-batch-time", type=float, default=0.002)
     p.add_argument("--ready-timeout", type=float, default=180.0)
     p.add_argument("--skip-mlserver", action="store_true")
+    p.add_argument("--ab-rounds", type=int, default=6, help="interleaved auth off/on rounds (0: skip)")
+    p.add_argument("--ab-seconds", type=float, default=4.0)
     p.add_argument("--work", type=Path, default=sr.DEFAULT_WORK)
     p.add_argument("--results", type=Path, default=sr.DEFAULT_RESULTS)
     args = p.parse_args(argv)
     work, serve_repo = args.work, args.work / "serve-repo"
     load0 = os.getloadavg()
     rows: list[sr.Row] = []
+    ab: list[dict[str, Any]] = []
+    lines: list[str] = []
     for model in args.models:
         sr.log(f"== {model}")
         onnx_path, payload = build(model, work, serve_repo)
         rows += shipyard_cells(model, serve_repo, payload, args, work)
         if not args.skip_mlserver:
             rows += mlserver_cells(model, onnx_path, payload, args, work)
+        if args.ab_rounds > 0 and model == "digits":  # the cheapest model shows the overhead most
+            ab += ab_auth(model, serve_repo, payload, args, work)
     micro = micro_costs()
+    lines += [f"{a['model']} c={a['c']} {a['channel']}: auth + key check on vs off, interleaved {args.ab_rounds} "
+              f"rounds: median {a['median_change_pct']:+.1f}% req/s" for a in ab]
     hi = max(args.concurrency)
-    lines = summary(rows, args.models, hi)
+    lines = summary(rows, args.models, hi) + lines
     meta = {"machine": sr.machine_info(), "versions": sr.versions(), "loadavg_before": load0,
             "loadavg_after": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()},
             "command": " ".join([sys.executable, *sys.argv])}
@@ -369,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nload average before {load0}, after {meta['loadavg_after']}")
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "serve_grpc.json").write_text(json.dumps(
-        {"meta": meta, "rows": [asdict(r) for r in rows], "micro_us": micro, "summary": lines}, indent=2, default=str))
+        {"meta": meta, "rows": [asdict(r) for r in rows], "ab_auth": ab, "micro_us": micro, "summary": lines}, indent=2, default=str))
     md = ["# gRPC benchmark (bench/serve_grpc.py)", "", f"Command: `{meta['command']}`", "",
           f"Load average before/after: {load0} / {meta['loadavg_after']} (2 cores, shared with other work)", "",
           "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]

@@ -57,7 +57,8 @@ class KeyRecord(BaseModel):
     created: str = Field("", description="When the key was made (UTC, ISO 8601).")
 
     def allows(self, names: list[str], value: str) -> bool:
-        return any(p == "*" or p == value or fnmatch.fnmatchcase(value, p) for p in names)
+        # The common cases first: on the hot path of every request.
+        return "*" in names or value in names or any(fnmatch.fnmatchcase(value, p) for p in names)
 
 
 class KeyFile(BaseModel):
