@@ -61,8 +61,17 @@ def status_of(exc: ShipyardError) -> grpc.StatusCode:
     return next(code for cls, code in STATUS if isinstance(exc, cls))
 
 
+# The caller's key as sent, read from the call details the interceptor already holds (asking the
+# context for its metadata again would convert it from the C core a second time).
+current_token: contextvars.ContextVar[str | None] = contextvars.ContextVar("shipyard_token", default=None)
+
+
 def token_of(context: Any) -> str | None:
-    for key, value in context.invocation_metadata() or ():
+    return bearer(context.invocation_metadata())
+
+
+def bearer(metadata: Any) -> str | None:
+    for key, value in metadata or ():
         if key == "authorization":
             text = value.decode() if isinstance(value, bytes) else str(value)
             return text[7:].strip() if text[:7].lower() == "bearer " else text.strip()
@@ -91,6 +100,8 @@ class ErrorsAndAccess(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = details.method
+        if self.plane.guard is not None:
+            current_token.set(bearer(details.invocation_metadata))
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
             return wrapped
@@ -110,7 +121,7 @@ class ErrorsAndAccess(grpc.aio.ServerInterceptor):
                 try:
                     if check and plane.guard is not None:
                         model = getattr(request, field) or None if field else None
-                        current_key.set(plane.authorize(token_of(context), CHANNEL, model))
+                        current_key.set(plane.authorize(current_token.get(), CHANNEL, model))
                     return await inner(request, context)
                 except grpc.aio.AbortError:
                     raise
