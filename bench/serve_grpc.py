@@ -263,8 +263,9 @@ def mlserver_cells(model: str, onnx_path: Path, payload: dict[str, Any], args: a
 
 def ab_auth(model: str, serve_repo: Path, payload: dict[str, Any], args: argparse.Namespace,
             work: Path) -> list[dict[str, Any]]:
-    """Auth off vs on, interleaved: both servers up at once, alternating --ab-seconds blocks for
-    --ab-rounds rounds, so the noise of other work on the machine hits both alike."""
+    """Auth off vs on, interleaved: the servers up at once, taking turns in --ab-seconds blocks for
+    --ab-rounds rounds, so the noise of other work on the machine hits each alike. A second
+    server without auth ("control") measures what the same setup reports for no change at all."""
     key_file = work / "keys-ab.yaml"
     if key_file.exists():
         key_file.unlink()
@@ -272,14 +273,14 @@ def ab_auth(model: str, serve_repo: Path, payload: dict[str, Any], args: argpars
                          capture_output=True, text=True, check=True).stdout.strip()
     servers = []
     try:
-        for label, extra in (("off", []), ("on", ["--auth", str(key_file)])):
+        for label, extra in (("off", []), ("on", ["--auth", str(key_file)]), ("control", [])):
             servers.append((label, *shipyard_server(serve_repo, model, args, work, extra, f"ab-{label} {model}")))
         c = max(args.concurrency)
         out = []
         for channel in ("grpc", "rest-binary"):
-            rps: dict[str, list[float]] = {"off": [], "on": []}
+            rps: dict[str, list[float]] = {"off": [], "on": [], "control": []}
             for r in range(args.ab_rounds):
-                order = servers if r % 2 == 0 else servers[::-1]
+                order = servers[r % 3:] + servers[:r % 3]
                 for label, server, base, target in order:
                     token = key if label == "on" else None
                     if channel == "grpc":
@@ -304,10 +305,14 @@ def ab_auth(model: str, serve_repo: Path, payload: dict[str, Any], args: argpars
                     if ph.errors:
                         raise RuntimeError(f"A/B {channel} auth {label}: {ph.errors.most_common(1)}")
                     rps[label].append(len(ph.latencies) / ph.elapsed)
-            ratios = [on / off for on, off in zip(rps["on"], rps["off"], strict=True)]
+            def change(a: str) -> float:
+                return round(100 * (float(np.median([x / y for x, y in zip(rps[a], rps["off"], strict=True)])) - 1), 1)
+
             out.append({"model": model, "channel": channel, "c": c, "rps_off": rps["off"], "rps_on": rps["on"],
-                        "median_change_pct": round(100 * (float(np.median(ratios)) - 1), 1)})
-            sr.log(f"  A/B {model} {channel} c={c}: auth on/off median {out[-1]['median_change_pct']:+.1f}%")
+                        "rps_control": rps["control"], "median_change_pct": change("on"),
+                        "control_change_pct": change("control")})
+            sr.log(f"  A/B {model} {channel} c={c}: auth on/off median {out[-1]['median_change_pct']:+.1f}%, "
+                   f"control (no change) {out[-1]['control_change_pct']:+.1f}%")
         return out
     finally:
         for _, server, _, _ in servers:
@@ -411,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.ab_rounds > 0 and model == "digits":  # the cheapest model shows the overhead most
             ab += ab_auth(model, serve_repo, payload, args, work)
     micro = micro_costs()
-    lines += [f"{a['model']} c={a['c']} {a['channel']}: auth + key check on vs off, interleaved {args.ab_rounds} "
-              f"rounds: median {a['median_change_pct']:+.1f}% req/s" for a in ab]
+    lines += [f"{a['model']} c={a['c']} {a['channel']}: auth on vs off, interleaved {args.ab_rounds} rounds: median "
+              f"{a['median_change_pct']:+.1f}% req/s; an identical server without auth (control): "
+              f"{a['control_change_pct']:+.1f}%" for a in ab]
     hi = max(args.concurrency)
     lines = summary(rows, args.models, hi) + lines
     meta = {"machine": sr.machine_info(), "versions": sr.versions(), "loadavg_before": load0,
