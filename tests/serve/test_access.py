@@ -193,3 +193,24 @@ def test_metrics_need_a_key_and_count_every_channel(server: ServerProcess, keys:
     assert ("digits", "2", "READY") in state and ("broken", "1", "UNAVAILABLE") in state
     assert any(s.labels["model"] == "digits" for s in families["shipyard_queue_depth"].samples)
     assert families["process_resident_memory_bytes"].samples[0].value > 10e6
+
+
+def test_concurrent_grpc_calls_never_share_a_key(server: ServerProcess, keys: dict[str, str]) -> None:
+    """Keys travel per call: with calls with and without a key interleaved at once, every keyed
+    call succeeds and every unkeyed one is refused (no key leaks from one call to another)."""
+    import queue
+    from functools import partial
+
+    c = tgrpc.InferenceServerClient(server.grpc_url)
+    results: queue.Queue[tuple[int, object, object]] = queue.Queue()
+    for i in range(60):
+        x = tgrpc.InferInput("pixels", [2, 1, 8, 8], "FP32")
+        x.set_data_from_numpy(PIXELS)
+        c.async_infer("digits", [x], headers=auth(keys["all"]) if i % 2 == 0 else None,
+                      callback=partial(lambda i, result, error: results.put((i, result, error)), i))
+    got = sorted((results.get(timeout=60) for _ in range(60)), key=lambda t: t[0])
+    for i, result, error in got:
+        if i % 2 == 0:
+            assert error is None and result is not None, (i, error)
+        else:
+            assert error is not None and "UNAUTHENTICATED" in str(error.status()), (i, error)  # type: ignore[union-attr]
