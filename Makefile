@@ -33,3 +33,15 @@ clean:
 
 bench-generate: setup
 	$(BIN)/python bench/generate.py
+
+# Regenerate the gRPC V2 Python modules from our .proto files (committed; run after editing them).
+PROTO_DIR := src/shipyard/serve/channels/grpc_v2/protocol
+.PHONY: proto
+proto:
+	$(BIN)/python -m grpc_tools.protoc -Isrc --python_out=src --pyi_out=src --grpc_python_out=src \
+		$(PROTO_DIR)/messages.proto $(PROTO_DIR)/service.proto
+	rm -f $(PROTO_DIR)/messages_pb2_grpc.py
+
+.PHONY: bench-grpc
+bench-grpc: setup
+	$(BIN)/python bench/serve_grpc.py

@@ -67,6 +67,10 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [*SHIPYARD, "serve", "--repository", str(repository), "--port", str(self.port), "--threads", "1", *args]
+        self.grpc_port = free_port() if "--grpc-port" not in args else int(args[args.index("--grpc-port") + 1])
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        if "--grpc-port" not in args:
+            cmd += ["--grpc-port", str(self.grpc_port)]
         self.log = open(Path(repository).parent / f"server-{self.port}.log", "w+")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})}, cwd=ROOT)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +78,31 @@ class GenerationConfig(BaseModel):
     )
 
 
+class ShadowConfig(BaseModel):
+    """A version that sees a copy of live traffic; its answers are compared, never returned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="The shadow version (it must be loaded: version_policy all/specific).")
+    fraction: float = Field(1.0, ge=0.0, le=1.0, description="Share of requests mirrored to it.")
+    rtol: float = Field(1e-3, ge=0.0, description="Relative tolerance under which answers agree.")
+    atol: float = Field(1e-4, ge=0.0, description="Absolute tolerance under which answers agree.")
+
+
+class RoutingConfig(BaseModel):
+    """Where requests that name no version go: a weighted split (canary) and an optional shadow.
+    Re-read from config.json within about a second of a change; no restart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Version -> weight, e.g. {\"1\": 90, \"2\": 10}. Versions not ready are skipped; "
+        "empty: the latest ready version takes everything.",
+    )
+    shadow: ShadowConfig | None = Field(None, description="Mirror a share of traffic to this version.")
+
+
 class ModelConfig(BaseModel):
     """Per-model serving config (`<repository>/<model>/config.json`)."""
 
@@ -93,6 +119,7 @@ class ModelConfig(BaseModel):
     generation: GenerationConfig = Field(
         default_factory=GenerationConfig, description="Generation engine settings (causal LMs only)."
     )
+    routing: RoutingConfig | None = Field(None, description="Traffic split and shadow for requests without a version.")
 
 
 class Settings(BaseSettings):
@@ -124,6 +151,11 @@ class Settings(BaseSettings):
     adaptive: bool | None = Field(None, description="Override every model's adaptive batching.")
     kv_cache_mb: int | None = Field(None, ge=1, description="Override every LM's KV-cache memory.")
     max_num_seqs: int | None = Field(None, ge=1, description="Override every LM's running-sequence limit.")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port (KServe V2 gRPC); 0 turns gRPC off.")
+    auth: Path | None = Field(
+        None, description="API key file (YAML, written by `shipyard keys create`); every route but "
+        "health then needs a key. None: no keys needed."
+    )
 
     def batching_for(self, model: ModelConfig) -> BatchingConfig:
         """A model's batching with the process-wide overrides applied."""

@@ -50,3 +50,20 @@ class InferenceFailed(ShipyardError):
 
 class TrainingFailed(ShipyardError):
     """A training job that ended with an error on one of its ranks; the message names the rank."""
+
+
+class Unauthenticated(ShipyardError):
+    """A request without a valid API key."""
+
+
+class PermissionDenied(ShipyardError):
+    """A valid API key that may not use this model or channel. The message never says whether
+    the model exists, so keys cannot be used to probe the repository."""
+
+
+class RateLimited(ShipyardError):
+    """A key that is over its request rate; `retry_after` says when a token is free again."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

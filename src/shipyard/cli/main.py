@@ -83,6 +83,8 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     kv_cache_mb: Annotated[int | None, typer.Option(help="Override every causal LM's KV-cache memory in MiB (default 512).")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(help="Override every causal LM's limit of sequences decoded together (default 32).")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (KServe V2 gRPC) [env SHIPYARD_GRPC_PORT; default 8001]; 0 turns gRPC off.")] = None,
+    auth: Annotated[Path | None, typer.Option(help="API key file from `shipyard keys create` [env SHIPYARD_AUTH]; every route but health then needs a key.")] = None,
 ) -> None:
     """Serve models over KServe V2 REST with dynamic batching, and causal LMs over OpenAI's API."""
     from shipyard.serve.app import serve
@@ -91,6 +93,9 @@ def serve_cmd(
             max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
             max_queue_size=max_queue_size, adaptive=adaptive, max_request_bytes=max_request_bytes, device=device, spin=spin,
             trust_pickle=trust_pickle or None, kv_cache_mb=kv_cache_mb, max_num_seqs=max_num_seqs)
+    s = run(settings, **{**s.model_dump(), "grpc_port": grpc_port, "auth": auth})
+    if s.auth is not None and not s.auth.is_file():
+        fail(f"key file {s.auth} does not exist; make one with `shipyard keys create --file {s.auth}`")
     if not s.repository.is_dir():
         fail(f"repository {s.repository} does not exist; run `shipyard demo --no-serve` or `shipyard models import`")
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
@@ -186,6 +191,15 @@ def optimize_cmd(
 
     run(run_optimize, settings(repository=repository).repository, ref, recipe, preset, auto, max_accuracy_drop,
         objective, eval_data, calibrate, train, threads, as_json, latency_budget)
+
+
+from shipyard.cli.keys import keys_app  # noqa: E402 - typer sub-app, imports nothing heavy
+
+app.add_typer(keys_app, name="keys")
+
+from shipyard.cli.infer import infer_cmd  # noqa: E402
+
+app.command("infer")(infer_cmd)
 
 
 def main() -> None:

@@ -16,8 +16,9 @@ from shipyard import __version__
 from shipyard.config import Settings
 from shipyard.errors import ShipyardError
 from shipyard.repository import Repository
-from shipyard.serve.channels import http_errors, rest_v2
-from shipyard.serve.channels import openai
+from shipyard.serve.auth import Guard
+from shipyard.serve.channels import http_errors, http_ops, openai, rest_v1, rest_v2
+from shipyard.serve.channels.http_access import AccessGate
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.manager import ModelManager
 
@@ -30,6 +31,9 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
     UNAVAILABLE with its reason and the rest serve."""
     repository = Repository(settings.repository)
     manager = ModelManager(repository, settings)
+    guard = Guard(settings.auth) if settings.auth is not None else None
+    plane = DataPlane(manager, guard)
+    grpc_channel: Any = None
     admin = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipyard-admin")
 
     async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
@@ -43,6 +47,14 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
                 await run_blocking(manager.load, name)
             except ShipyardError as e:
                 log.warning("model %s not loaded: %s", name, e.message)
+        nonlocal grpc_channel
+        if settings.grpc_port:
+            from shipyard.serve.channels.grpc_v2 import GrpcChannel
+
+            grpc_channel = GrpcChannel(plane, run_blocking, lambda: bool(app.state.ready),
+                                       settings.max_request_bytes)
+            await grpc_channel.start(settings.host, settings.grpc_port)
+            log.info("ready: grpc://%s:%s (inference.GRPCInferenceService)", settings.host, settings.grpc_port)
         app.state.ready = True
         for entry in manager.models.values():
             for lv in entry.versions.values():
@@ -51,13 +63,15 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
         log.info("ready: http://%s:%s/v2 (%d models)", settings.host, settings.port, len(manager.models))
         yield
         app.state.ready = False
+        if grpc_channel is not None:
+            await grpc_channel.stop(grace=10)
         await run_blocking(manager.close)
         admin.shutdown(wait=False)
 
     app = FastAPI(title="shipyard", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.ready = False
-    app.state.dataplane = DataPlane(manager)
+    app.state.dataplane = plane
     app.state.run_blocking = run_blocking
     app.add_exception_handler(ShipyardError, http_errors.shipyard_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_errors.http_error_handler)
@@ -65,6 +79,10 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
     app.include_router(rest_v2.router)
     app.include_router(openai.router)
     app.add_middleware(rest_v2.InferFastPath, fastapi_app=app)
+    app.include_router(http_ops.router)
+    app.include_router(rest_v1.router)
+    if guard is not None:  # outermost: checked before the fast path and every route
+        app.add_middleware(AccessGate, fastapi_app=app)
     return app
 
 

@@ -13,6 +13,7 @@ import asyncio
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,9 @@ class DynamicBatcher:
         self._last_requests = 0
         self._last_compute_s = 0.0
         self._queued_after_last = 0
+        # Called after each model call with (rows, compute seconds, each request's queue wait):
+        # how the metrics see batches without the batcher knowing of them.
+        self.observer: Callable[[int, float, list[float]], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -163,7 +167,10 @@ class DynamicBatcher:
         st = self.stats
         st.executions += 1
         st.compute_s += elapsed
-        st.batch_sizes[sum(i.rows for i in batch)] += 1
+        rows = sum(i.rows for i in batch)
+        st.batch_sizes[rows] += 1
+        if self.observer is not None:
+            self.observer(rows, elapsed, [start - i.enqueued for i in batch])
         for item, result in zip(batch, results, strict=True):
             st.requests += 1
             st.queue_s += start - item.enqueued

@@ -3,17 +3,25 @@ it on the model's batcher, and builds the response. It speaks only core types.""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 import numpy as np
 
 from shipyard import __version__
-from shipyard.errors import InvalidInput, NotFound
+from shipyard.errors import InvalidInput, NotFound, ShipyardError
 from shipyard.repository import Signature, TensorSpec
+from shipyard.config import ShadowConfig
+from shipyard.serve.auth import Guard, KeyRecord
+from shipyard.serve.metrics import OTHER, Metrics
+from shipyard.serve.routing import Router
 from shipyard.serve.manager import READY, LoadedVersion, ModelManager
 from shipyard.serve.types import InferRequest, InferResponse
 from shipyard.tensors import Tensor, numpy_dtype
 
+log = logging.getLogger("shipyard.serve")
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 
 
@@ -77,8 +85,36 @@ def _output_tensor(spec: TensorSpec, array: np.ndarray) -> Tensor:
 
 
 class DataPlane:
-    def __init__(self, manager: ModelManager) -> None:
+    """Everything a channel needs: health, metadata, inference, access checks and metrics.
+    `channel` names the caller in metrics and in the keys' channel lists."""
+
+    def __init__(self, manager: ModelManager, guard: Guard | None = None) -> None:
         self.manager = manager
+        self.guard = guard
+        self.metrics = Metrics(manager)
+        self.router = Router(manager.repository)
+        self._shadows: set[asyncio.Task[None]] = set()
+        manager.batch_observer = self.metrics.batch_observer
+
+    # -- access ----------------------------------------------------------------------------
+    def authorize(self, token: str | None, channel: str, model: str | None = None,
+                  spend: bool = True) -> KeyRecord | None:
+        """The caller's key record (None when auth is off); refusals are counted and raised."""
+        if self.guard is None:
+            return None
+        try:
+            return self.guard.authorize(token, channel, model, spend)
+        except ShipyardError as e:
+            self.metrics.record_error(model or OTHER, None, channel, e, time.perf_counter())
+            raise
+
+    def visible(self, key: KeyRecord | None, model: str) -> bool:
+        """Whether a listing shown to this key may name the model."""
+        return key is None or key.allows(key.models, model)
+
+    def reject(self, model: str, channel: str, exc: BaseException, start: float) -> None:
+        """Count a request that a channel refused before it reached `infer` (it could not decode it)."""
+        self.metrics.record_error(model, None, channel, exc, start)
 
     # -- health and metadata ---------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
@@ -103,6 +139,27 @@ class DataPlane:
             meta["reason"] = lv.reason
         return meta
 
+    def model_config(self, name: str, version: int | None) -> dict[str, Any]:
+        """The serving config as Triton's model configuration describes it (dims without the
+        batch dimension when the model batches)."""
+        lv = self.manager.describe(name, version)
+        config = self.manager.repository.model_config(name)
+        batching = self.manager.settings.batching_for(config)
+        sig = lv.manifest.signature if lv.manifest else Signature(inputs=[], outputs=[])
+        batched = sig.batched and batching.max_batch_size > 1
+
+        def dims(specs: list[TensorSpec]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": s.datatype, "dims": s.shape[1:] if batched else s.shape}
+                    for s in specs]
+
+        return {
+            "name": name, "platform": lv.platform, "backend": lv.platform,
+            "max_batch_size": batching.max_batch_size if batched else 0,
+            "max_queue_delay_us": batching.max_queue_delay_us,
+            "version_policy": config.version_policy, "versions": config.versions,
+            "inputs": dims(sig.inputs), "outputs": dims(sig.outputs),
+        }
+
     def model_stats(self, name: str | None, version: int | None) -> list[dict[str, Any]]:
         rows = []
         names = [name] if name else sorted(self.manager.models)
@@ -115,13 +172,34 @@ class DataPlane:
         return rows
 
     # -- inference ---------------------------------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResponse:
-        lv = self.manager.get(request.model, request.version)
+    async def infer(self, request: InferRequest, channel: str = "rest_v2", start: float | None = None) -> InferResponse:
+        """Run one request; counted in the metrics with its outcome and time since `start`."""
+        start = time.perf_counter() if start is None else start
+        version = request.version
+        try:
+            response = await self._infer(request)
+        except BaseException as e:
+            self.metrics.record_error(request.model, version, channel, e, start)
+            raise
+        self.metrics.record(request.model, response.version, channel, "success", start)
+        return response
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
+        version, shadow = request.version, None
+        if version is None and self.router.routing(request.model) is not None:
+            ready = self.manager.entry(request.model).ready_versions()
+            version, shadow = self.router.choose(request.model, ready)
+        lv = self.manager.get(request.model, version)
         assert lv.manifest is not None and lv.batcher is not None
         signature = lv.manifest.signature
         arrays = check_inputs(request, signature)
         wanted = check_outputs(request, signature)
         results = await lv.batcher.submit(arrays, wanted)
+        if shadow is not None and shadow.version != lv.version:
+            task = asyncio.get_running_loop().create_task(
+                self._shadow(request, shadow, lv.version, wanted, results))
+            self._shadows.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._shadows.discard)
         specs = {o.name: o for o in signature.outputs}
         return InferResponse(
             model=request.model,
@@ -152,6 +230,29 @@ class DataPlane:
             if lv is not None and lv.engine is not None and lv.manifest is not None:
                 rows.append((name, int(lv.manifest.created.timestamp()), lv.engine.max_model_len))
         return rows
+
+    async def _shadow(self, request: InferRequest, shadow: ShadowConfig, primary: int, wanted: list[str],
+                      results: dict[str, np.ndarray]) -> None:
+        """Run the request on the shadow version after the primary answered; count whether the
+        answers agree. Nothing of it reaches the client."""
+        try:
+            slv = self.manager.get(request.model, shadow.version)
+            assert slv.manifest is not None and slv.batcher is not None
+            out = await slv.batcher.submit(check_inputs(request, slv.manifest.signature), wanted)
+            agree = all(_agree(out[n], results[n], shadow.rtol, shadow.atol) for n in wanted)
+            outcome = "agree" if agree else "disagree"
+        except Exception as e:  # noqa: BLE001 - a failing shadow is counted, never raised
+            log.debug("shadow %s:%s failed: %s", request.model, shadow.version, e)
+            outcome = "error"
+        self.metrics.shadow.labels(request.model, str(primary), str(shadow.version), outcome).inc()
+
+
+def _agree(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.dtype == object or b.dtype == object:
+        return bool(np.array_equal(a, b))
+    return bool(np.allclose(a, b, rtol=rtol, atol=atol))
 
 
 def _stats(lv: LoadedVersion) -> dict[str, Any]:

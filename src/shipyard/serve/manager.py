@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,8 @@ class ModelManager:
         self.settings = settings
         self.models: dict[str, ModelEntry] = {}
         self._lock = threading.RLock()
+        # Set by the server: gives each new batcher its metrics observer.
+        self.batch_observer: Callable[[str, int], Callable[[int, float, list[float]], None]] | None = None
 
     def _versions_to_load(self, name: str) -> list[int]:
         config = self.repository.model_config(name)
@@ -91,6 +94,8 @@ class ModelManager:
 
                     engine = Engine(runtime, generation_for(self.settings, config), f"{name}:{version}")
                     lv.engine = AsyncEngine(engine)
+                if self.batch_observer is not None:
+                    lv.batcher.observer = self.batch_observer(name, version)
                 lv.state = READY
             except ShipyardError as e:
                 lv.state, lv.reason = UNAVAILABLE, e.message

@@ -17,7 +17,10 @@ from shipyard.errors import (
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
     ShipyardError,
+    Unauthenticated,
     Unavailable,
     UnsafeModel,
 )
@@ -26,6 +29,9 @@ log = logging.getLogger("shipyard.serve")
 
 # Most specific first: the first class an error is an instance of decides.
 STATUS: list[tuple[type[ShipyardError], int]] = [
+    (Unauthenticated, 401),
+    (PermissionDenied, 403),
+    (RateLimited, 429),
     (PayloadTooLarge, 413),
     (InvalidInput, 400),
     (UnsafeModel, 400),
@@ -50,8 +56,11 @@ def status_of(exc: ShipyardError) -> int:
 async def shipyard_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ShipyardError)
     headers = None
-    if isinstance(exc, Unavailable) and exc.retry_after is not None:
-        headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
+    retry_after = getattr(exc, "retry_after", None)  # Unavailable, RateLimited
+    if retry_after is not None:
+        headers = {"retry-after": str(max(1, math.ceil(retry_after)))}
+    if isinstance(exc, Unauthenticated):
+        headers = {"www-authenticate": "Bearer"}
     return error_response(exc.message, status_of(exc), headers)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -47,9 +48,12 @@ def _error(exc: Exception, prompt_field: str = "prompt") -> Response:
 async def _body(request: Request) -> Any:
     raw = await request.body()
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise InvalidInput(f"the request body is not valid JSON: {e}") from None
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        request.state.model = body["model"]  # so a request refused for its values is counted under its model
+    return body
 
 
 def _submit_all(engine: EngineClient, prompts: list[list[int]], params: Any) -> list[Stream]:
@@ -129,16 +133,31 @@ def _sse(events: AsyncIterator[dict[str, Any]], streams: list[Stream]) -> Stream
 
 
 def _engine(request: Request, model: str) -> EngineClient:
+    """The model's engine, once the caller's key (set by the access gate when --auth is on) may
+    use it. The gate cannot check the model itself: it is named in the body, not the path."""
+    request.state.model = model  # for the metrics, whatever happens next
+    key = getattr(request.state, "key", None)
+    if key is not None and not request.app.state.dataplane.visible(key, model):
+        from shipyard.errors import PermissionDenied
+        from shipyard.serve.auth import DENIED
+
+        raise PermissionDenied(DENIED.format(model=model))
     engine: EngineClient = request.app.state.dataplane.generator(model)
     return engine
 
 
 def _guarded(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        start = time.perf_counter()
+        plane = request.app.state.dataplane
         try:
-            return await fn(request)
+            response = await fn(request)
         except Exception as e:  # noqa: BLE001 - every failure leaves in OpenAI's shape
+            plane.reject(getattr(request.state, "model", None) or "", "openai", e, start)
             return _error(e, "messages" if fn is _chat else "prompt")
+        # A stream counts when its answer starts; its tokens are the engine's statistics.
+        plane.metrics.record(getattr(request.state, "model", ""), None, "openai", "success", start)
+        return response
 
     endpoint.__name__ = fn.__name__
     endpoint.__doc__ = fn.__doc__
@@ -150,7 +169,8 @@ async def list_models(request: Request) -> Response:
     """The generative models this server can complete with."""
     rows = [{"id": name, "object": "model", "created": created, "owned_by": "shipyard",
              "max_model_len": max_len}
-            for name, created, max_len in request.app.state.dataplane.generative_models()]
+            for name, created, max_len in request.app.state.dataplane.generative_models()
+            if request.app.state.dataplane.visible(getattr(request.state, "key", None), name)]
     return _json({"object": "list", "data": rows})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from shipyard.serve.channels.rest_v2.protocol import HEADER_LENGTH
 from shipyard.serve.dataplane import DataPlane
 
 router = APIRouter()
+CHANNEL = "rest_v2"
 
 
 def _plane(request: Request) -> DataPlane:
@@ -71,7 +73,9 @@ async def server_metadata(request: Request) -> Response:
 @router.get("/v2/models/{model}/stats")
 @router.get("/v2/models/{model}/versions/{version}/stats")
 async def model_stats(request: Request, model: str | None = None, version: str | None = None) -> Response:
-    return _json({"model_stats": _plane(request).model_stats(model, _version(version))})
+    key = getattr(request.state, "key", None)
+    rows = _plane(request).model_stats(model, _version(version))
+    return _json({"model_stats": [r for r in rows if _plane(request).visible(key, r["name"])]})
 
 
 @router.get("/v2/models/{model}")
@@ -94,18 +98,23 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
 
 
 async def infer_response(request: Request, plane: DataPlane, model: str, version: str | None) -> Response:
-    v = _version(version)
-    body = await read_body(request)
-    header = request.headers.get(HEADER_LENGTH)
-    if header is not None and not header.strip().isdigit():
-        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {header!r}")
-    header_length = int(header) if header is not None else None
-    signature = None
-    if header_length == 0:
-        lv = plane.manager.get(model, v)
-        signature = lv.manifest.signature if lv.manifest else None
-    infer_request, binary_default = decode_request(body, header_length, model, v, signature)
-    response = await plane.infer(infer_request)
+    start = time.perf_counter()
+    try:
+        v = _version(version)
+        body = await read_body(request)
+        header = request.headers.get(HEADER_LENGTH)
+        if header is not None and not header.strip().isdigit():
+            raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {header!r}")
+        header_length = int(header) if header is not None else None
+        signature = None
+        if header_length == 0:
+            lv = plane.manager.get(model, v)
+            signature = lv.manifest.signature if lv.manifest else None
+        infer_request, binary_default = decode_request(body, header_length, model, v, signature)
+    except ShipyardError as e:
+        plane.reject(model, CHANNEL, e, start)
+        raise
+    response = await plane.infer(infer_request, CHANNEL, start)
     content, headers = encode_response(response, infer_request, binary_default)
     return Response(content, headers=headers)
 
@@ -149,7 +158,8 @@ async def repository_index(request: Request) -> Response:
         except orjson.JSONDecodeError as e:
             raise InvalidInput(f"request body is not valid JSON: {e}") from None
         ready_only = bool(isinstance(doc, dict) and doc.get("ready"))
-    rows = _plane(request).manager.index()
+    key = getattr(request.state, "key", None)
+    rows = [r for r in _plane(request).manager.index() if _plane(request).visible(key, r["name"])]
     if ready_only:
         rows = [r for r in rows if r["state"] == "READY"]
     return _json(rows)

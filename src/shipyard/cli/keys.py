@@ -1,0 +1,68 @@
+"""`shipyard keys`: create, list and revoke API keys. The file keeps only salted hashes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys (for `serve --auth`).")
+
+FileOpt = Annotated[Path, typer.Option("--file", "-f", help="Key file (YAML) that `serve --auth` reads.")]
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [p.strip() for p in text.split(",") if p.strip()] if text else None
+
+
+@keys_app.command("create")
+def create(
+    file: FileOpt,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models the key may use; '*' or patterns (default: all).")] = None,
+    channels: Annotated[str | None, typer.Option(help="Comma-separated channels: rest_v2, grpc_v2, rest_v1, openai, metrics (default: all).")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Requests per second allowed (token bucket); default unlimited.")] = None,
+    burst: Annotated[int | None, typer.Option(min=1, help="Requests allowed at once above the rate (bucket size).")] = None,
+    name: Annotated[str, typer.Option(help="A label: who or what uses this key.")] = "",
+) -> None:
+    """Make a new key; it is printed once and only its salted hash is stored."""
+    from shipyard.cli.main import run
+    from shipyard.serve.auth import create_key
+
+    key, record = run(create_key, file, name=name, models=_split(models), channels=_split(channels),
+                      rate=rate, burst=burst)
+    typer.echo(key)
+    typer.echo(f"key {record.id} ({', '.join(record.models)} over {', '.join(record.channels)}) added to {file}; "
+               "it is shown only now", err=True)
+
+
+@keys_app.command("list")
+def list_keys(file: FileOpt, as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
+    """Every key's id, name, models, channels and rate (never a secret: the file has none)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from shipyard.cli.main import run
+    from shipyard.serve.auth import read_keys
+
+    keys = run(read_keys, file).keys
+    rows = [k.model_dump(exclude={"salt", "hash"}) for k in keys]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "name", "models", "channels", "rate/s", "burst", "created")
+    for k in keys:
+        table.add_row(k.id, k.name, ",".join(k.models), ",".join(k.channels),
+                      f"{k.rate:g}" if k.rate else "-", str(k.burst or "-"), k.created)
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def revoke(ref: Annotated[str, typer.Argument(help="The key's id (or its unique name).")], file: FileOpt) -> None:
+    """Remove a key; a running server stops accepting it within a second or two."""
+    from shipyard.cli.main import run
+    from shipyard.serve.auth import revoke_key
+
+    record = run(revoke_key, file, ref)
+    typer.echo(f"revoked {record.id} ({record.name or 'no name'})")

@@ -1,0 +1,152 @@
+"""The one place where the gRPC channel checks keys and maps shipyard's errors to status codes."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from shipyard.errors import (
+    Conflict,
+    InferenceFailed,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    ShipyardError,
+    Unauthenticated,
+    Unavailable,
+    UnsafeModel,
+)
+from shipyard.serve.auth import KeyRecord
+from shipyard.serve.dataplane import DataPlane
+
+log = logging.getLogger("shipyard.serve")
+
+CHANNEL = "grpc_v2"
+PREFIX = "/inference.GRPCInferenceService/"
+# Methods anyone may call: the health checks (grpc.health.v1 is outside this service and open too).
+OPEN = {"ServerLive", "ServerReady"}
+# Where each method's request names its model: the key must be allowed that model.
+MODEL_FIELD = {"ModelInfer": "model_name", "ModelReady": "name", "ModelMetadata": "name", "ModelConfig": "name",
+               "ModelStatistics": "name", "RepositoryModelLoad": "model_name", "RepositoryModelUnload": "model_name"}
+
+# Most specific first: the first class an error is an instance of decides.
+STATUS: list[tuple[type[ShipyardError], grpc.StatusCode]] = [
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnsafeModel, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (IntegrityError, grpc.StatusCode.INTERNAL),
+    (InferenceFailed, grpc.StatusCode.INTERNAL),
+    (ShipyardError, grpc.StatusCode.INVALID_ARGUMENT),
+]
+
+# The caller's key record, for methods that filter what they list (index, statistics).
+current_key: contextvars.ContextVar[KeyRecord | None] = contextvars.ContextVar("shipyard_key", default=None)
+
+
+def status_of(exc: ShipyardError) -> grpc.StatusCode:
+    return next(code for cls, code in STATUS if isinstance(exc, cls))
+
+
+# The caller's key as sent, read from the call details the interceptor already holds (asking the
+# context for its metadata again would convert it from the C core a second time).
+current_token: contextvars.ContextVar[str | None] = contextvars.ContextVar("shipyard_token", default=None)
+
+
+def token_of(context: Any) -> str | None:
+    return bearer(context.invocation_metadata())
+
+
+def bearer(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return text[7:].strip() if text[:7].lower() == "bearer " else text.strip()
+    return None
+
+
+async def abort(context: Any, exc: BaseException) -> None:
+    if isinstance(exc, ShipyardError):
+        retry = getattr(exc, "retry_after", None)
+        trailers = (("retry-after", str(max(1, math.ceil(retry)))),) if retry is not None else ()
+        await context.abort(status_of(exc), exc.message, trailing_metadata=trailers)
+    log.exception("unhandled error in a gRPC call", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+class ErrorsAndAccess(grpc.aio.ServerInterceptor):
+    """Wraps each method of the inference service once (cached): checks the caller's key for
+    the channel and the model the request names, then maps any error to its status code."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        if self.plane.guard is not None:
+            current_token.set(bearer(details.invocation_metadata))
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(details)
+        if handler is None or not method.startswith(PREFIX):
+            return handler
+        wrapped = self._wrap(method[len(PREFIX):], handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, name: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        plane, field, check = self.plane, MODEL_FIELD.get(name), name not in OPEN
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                try:
+                    if check and plane.guard is not None:
+                        model = getattr(request, field) or None if field else None
+                        current_key.set(plane.authorize(current_token.get(), CHANNEL, model))
+                    return await inner(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - every error is answered with a status
+                    await abort(context, e)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        assert handler.stream_stream is not None
+        inner_stream = handler.stream_stream
+
+        async def stream(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                if plane.guard is not None:
+                    # Opening the stream needs a key; each request on it is then checked (and
+                    # counted against the key's rate) on its own.
+                    current_key.set(plane.authorize(token_of(context), CHANNEL, None, spend=False))
+                async for response in inner_stream(request_iterator, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                await abort(context, e)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
