@@ -28,7 +28,7 @@ def train(path: Path, *args: str) -> Any:
     ({"optimizer": {"name": "lion"}}, "optimizer.name: Input should be 'adamw' or 'sgd'"),
     ({"parallel": {"strategy": "zero3"}}, "parallel.strategy: Input should be"),
     ({"publish": {"name": "bad name!"}}, "publish.name: model name 'bad name!' is not allowed"),
-    ({"task": {"name": "nope"}}, "task.name 'nope' is not a known task; known: digits"),
+    ({"task": {"name": "nope"}}, "task.name 'nope' is not a known task; known: code-lm, digits"),
     ({"distill": {"teacher": "ghost:1"}}, "model 'ghost' is not in repository"),
 ])
 def test_bad_config_fails_before_any_process(tmp_path: Path, change: dict[str, Any], message: str) -> None:
