@@ -152,6 +152,7 @@ def bench_digits(repo_root: Path, budget: float, with_auto: bool) -> list[dict[s
         ("digits:1", "fp16", {"preset_name": "fp16"}),
         ("digits:1", "prune-structured-50 (+ft)", {"preset_name": "prune-structured-50"}),
         ("digits:1", "lowrank-90", {"preset_name": "lowrank-90"}),
+        ("digits:1", "distill-half", {"preset_name": "distill-half"}),
     ]:
         if kw is None:  # the published ONNX version as it is
             from shipyard.optimize.data import load_data

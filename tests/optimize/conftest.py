@@ -44,8 +44,15 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Repository:
 
     base = tmp_path_factory.mktemp("tiny")
     repo = Repository(base / "repo")
-    for kind in ("bert", "gpt2"):
-        import_model(repo, tiny_transformer(kind, base / kind), kind)
+    import_model(repo, tiny_transformer("bert", base / "bert"), "bert")
+    # A GPT-2 LM folder is now claimed by the causal-LM (generation) runtime, which optimize does not
+    # read; these tests mean the plain transformers form (input_ids -> logits), so publish it as that.
+    from shipyard.repository import Lineage
+    from shipyard.runtimes import REGISTRY, RuntimeOptions
+
+    folder, cls, options = tiny_transformer("gpt2", base / "gpt2"), REGISTRY["hf-transformers"], RuntimeOptions()
+    with repo.publish("gpt2", cls.format, cls.inspect(folder, options), Lineage(source=str(folder))) as stage:
+        stage.extra.update(cls.stage(folder, stage.path, options))
     return repo
 
 

@@ -32,7 +32,7 @@ def _fails(repo: Repository, match: str, ref: str = "digits:2", **kwargs: Any) -
 
 
 def test_unknown_pass(digits_copy: Repository) -> None:
-    _fails(digits_copy, r"step 1: unknown pass 'quantise'; known passes: clip, export", recipe=[{"pass": "quantise"}])
+    _fails(digits_copy, r"step 1: unknown pass 'quantise'; known passes: clip, distill, export", recipe=[{"pass": "quantise"}])
 
 
 def test_bad_parameter_names_pass_and_field(digits_copy: Repository) -> None:

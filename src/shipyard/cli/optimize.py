@@ -30,7 +30,7 @@ def run_optimize(root: Path, ref: str, recipe: Path | None, preset: str | None, 
     else:
         if recipe is None and preset is None:
             raise InvalidInput("give --recipe FILE.yaml, --preset NAME (int8-dynamic, int8-static, fp16, "
-                               "prune-structured-50, lowrank-90) or --auto")
+                               "prune-structured-50, lowrank-90, distill-half) or --auto")
         from shipyard.optimize.runner import optimize
 
         result = optimize(root, ref, recipe=recipe, preset_name=preset, **common)

@@ -34,6 +34,9 @@ PRESETS: dict[str, tuple[str, list[dict[str, Any]]]] = {
                             [{"pass": "prune-structured", "amount": 0.5}]),
     "lowrank-90": ("truncated SVD of Linear layers keeping 90% of the spectral energy, where it saves FLOPs",
                    [{"pass": "low-rank", "energy": 0.9}]),
+    "distill-half": ("distill a half-width student (half the channels of every conv/linear layer, or heads and "
+                     "FFN neurons) from the model on --train data, then export it to ONNX",
+                     [{"pass": "distill", "student": "narrow", "width": 0.5}, {"pass": "export", "format": "onnx"}]),
 }
 ONNX_PASSES = {"quantize"}
 
@@ -48,8 +51,7 @@ def parse_step(step: Any, index: int) -> PassConfig:
     name = str(step["pass"])
     cls = BY_NAME.get(name)
     if cls is None:
-        raise InvalidInput(f"recipe step {index}: unknown pass '{name}'; known passes: {', '.join(sorted(BY_NAME))}"
-                           + ("; distill comes with the shipyard.train loop (not in this build)" if name == "distill" else ""))
+        raise InvalidInput(f"recipe step {index}: unknown pass '{name}'; known passes: {', '.join(sorted(BY_NAME))}")
     try:
         return cls(**fields)
     except ValidationError as e:
@@ -83,9 +85,6 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def preset(name: str, source_kind: str, has_train: bool = False) -> Recipe:
-    if name == "distill-half":
-        raise InvalidInput("preset 'distill-half' needs the distillation pass, which arrives with the "
-                           "shipyard.train loop; not in this build")
     if name not in PRESETS:
         raise InvalidInput(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
     steps = [dict(s) for s in PRESETS[name][1]]

@@ -5,6 +5,7 @@
 
 from shipyard.optimize.passes import (  # noqa: F401 - imported for their @register side effect
     clip,
+    distill,
     export,
     lowrank,
     prune_structured,
