@@ -34,6 +34,10 @@ PRESETS: dict[str, tuple[str, list[dict[str, Any]]]] = {
                             [{"pass": "prune-structured", "amount": 0.5}]),
     "lowrank-90": ("truncated SVD of Linear layers keeping 90% of the spectral energy, where it saves FLOPs",
                    [{"pass": "low-rank", "energy": 0.9}]),
+    "int8-weight-only": ("int8 per-channel weights for Linear layers, fp32 activations (causal LMs, PyTorch models)",
+                         [{"pass": "weight-only", "bits": 8}]),
+    "int4-weight-only": ("int4 group-wise (128) weights for Linear layers, fp32 activations",
+                         [{"pass": "weight-only", "bits": 4, "group_size": 128}]),
 }
 ONNX_PASSES = {"quantize"}
 

@@ -133,6 +133,15 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
     parent = repo.manifest(name, version)
     root = root_of(repo, parent)
     sig = parent.signature
+    if parent.format == "hf-causal-lm":  # measured by held-out perplexity, not by a tensor data set
+        from shipyard.optimize.causal_lm import optimize_causal_lm
+
+        steps = resolve_recipe(recipe, preset_name, "torch", False)
+        with _progress(console) as progress:
+            task = progress.add_task(f"loading {name}:{parent.version}")
+            manifest, lm_report = optimize_causal_lm(repo, parent, root, steps, eval_data,
+                                                     threads, progress, task)
+        return Result(manifest, lm_report)
     ev, cal, tr = resolve_data(parent, eval_data, calibrate, train)
     with tempfile.TemporaryDirectory(prefix="shipyard-optimize-") as tmp, _progress(console) as progress:
         ctx = Context(workdir=Path(tmp), threads=threads, eval_data=ev, calibration=cal, train=tr)

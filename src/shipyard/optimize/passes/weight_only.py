@@ -69,11 +69,35 @@ class WeightOnlyLinear(nn.Module):
             # torch's int4 format dequantizes as (q - 8) * scale + zero, so zero = lo + 8 * scale.
             zeros = lo + 8 * scales
             self.register_buffer("scales_zeros", torch.stack([scales.t(), zeros.t()], dim=2).contiguous())
-            q = q.reshape(self.out_features, -1)
-            if kernel == "int4-packed":  # torch's CPU layout: two 4-bit values per byte
-                self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, INT4_TILES))
-            else:  # one value per byte; only the dequantizing kernel reads it
-                self.register_buffer("q4", q.to(torch.uint8))
+            self._set_int4(q.reshape(self.out_features, -1).to(torch.uint8))
+
+    def _set_int4(self, q4: torch.Tensor) -> None:
+        # `q4` (one value per byte) is the portable form: it is what gets saved (two per byte) and
+        # what the dequantizing kernel reads. The packed kernel also needs torch's CPU tile layout,
+        # derived from it and not saved (it is specific to this torch build).
+        self.register_buffer("q4", q4)
+        if self.kernel == "int4-packed":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4.to(torch.int32), INT4_TILES)
+            self.register_buffer("qweight", packed, persistent=False)
+
+    @classmethod
+    def from_quantized(cls, in_features: int, out_features: int, bits: int, group_size: int, kernel: str,
+                       tensors: dict[str, torch.Tensor]) -> WeightOnlyLinear:
+        """Rebuild a layer from saved tensors (`qweight`+`scales` for int8, `q4`+`scales_zeros` for int4,
+        optional `bias`) without re-quantizing anything."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = in_features, out_features
+        layer.bits, layer.group_size, layer.kernel = bits, group_size, kernel
+        bias = tensors.get("bias")
+        layer.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
+        if bits == 8:
+            layer.register_buffer("qweight", tensors["qweight"].to(torch.int8))
+            layer.register_buffer("scales", tensors["scales"].float())
+        else:
+            layer.register_buffer("scales_zeros", tensors["scales_zeros"].float())
+            layer._set_int4(tensors["q4"].to(torch.uint8))
+        return layer
 
     def dequantize(self) -> torch.Tensor:
         if self.bits == 8:
