@@ -44,8 +44,15 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Repository:
 
     base = tmp_path_factory.mktemp("tiny")
     repo = Repository(base / "repo")
-    for kind in ("bert", "gpt2"):
-        import_model(repo, tiny_transformer(kind, base / kind), kind)
+    import_model(repo, tiny_transformer("bert", base / "bert"), "bert")
+    # A GPT-2 with no tokenizer: detection would pick hf-causal-lm (which needs one) since the
+    # generate branch; these tests want the plain hf-transformers runtime, so publish it as that.
+    from shipyard.runtimes import RuntimeOptions
+    from shipyard.runtimes.hf import HFTransformersRuntime
+
+    folder, options = tiny_transformer("gpt2", base / "gpt2"), RuntimeOptions()
+    with repo.publish("gpt2", HFTransformersRuntime.format, HFTransformersRuntime.inspect(folder, options)) as stage:
+        stage.extra.update(HFTransformersRuntime.stage(folder, stage.path, options))
     return repo
 
 

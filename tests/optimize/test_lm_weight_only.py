@@ -183,3 +183,19 @@ def test_corrupt_weight_file_is_named(lm_repo: tuple[Repository, Path], tmp_path
     (copy / "weight_only.json").write_text(json.dumps(meta))
     with pytest.raises(InvalidInput, match="does not match its config"):
         load_weight_only(copy)
+
+
+def test_code_lm_defaults_to_its_heldout_files(code_lm_repo: tuple[Repository, Any], tmp_path: Path) -> None:
+    """`shipyard optimize code-lm --preset int8-weight-only` needs no --eval: the held-out stdlib files."""
+    repo, _ = code_lm_repo
+    root = tmp_path / "repo"
+    shutil.copytree(repo.root, root)  # the session's code-lm repository stays as other tests expect it
+    done = subprocess.run([*SHIPYARD, "optimize", "code-lm", "--preset", "int8-weight-only", "--repository", str(root),
+                           "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "held-out perplexity" in done.stdout
+    new = Repository(root).manifest("code-lm", 2)
+    report = json.loads((Repository(root).path("code-lm", 2) / "report.json").read_text())
+    assert report["facts"]["eval"]["data"] == "code-lm held-out stdlib files"
+    assert new.metrics["perplexity_delta"] == report["deltas"]["vs_parent"]["perplexity"]
+    assert "zoo" not in new.extra  # the demo keeps reusing its fp32 v1
