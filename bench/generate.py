@@ -12,8 +12,10 @@ Cells, all in one run on the same machine:
 Reported: generated tokens/s (all streams), time to first token, inter-token gap p50/p99 (between
 SSE chunks; one chunk is one token unless bytes of a character are held back), and single-stream
 decode as a share of the memory-bandwidth bound (fp32 weight bytes per token / read bandwidth,
-measured here in the same run). llama.cpp is not run here (it needs a ~15 min build); int8
-weight-only generation waits for the optimize pass of issue 3.
+measured here in the same run), and the same cells for `shipyard int8 weight-only`: the model
+published through `shipyard.optimize` with the `int8-weight-only` preset (int8 per-channel Linear
+weights, kernel picked by measuring; its bound uses int8 block weights). llama.cpp is not run here
+(it needs a ~15 min build).
 
 Usage:
   .venv/bin/python bench/generate.py            # full run (several minutes)
@@ -90,8 +92,9 @@ def transformers_cells(folder: Path, prompt: int, new: int, threads: int) -> lis
     return cells
 
 
-async def one_stream(client: httpx.AsyncClient, prompt_ids: list[int], new: int) -> dict[str, Any]:
-    body = {"model": "bench", "prompt": prompt_ids, "max_tokens": new, "temperature": 0, "stream": True,
+async def one_stream(client: httpx.AsyncClient, prompt_ids: list[int], new: int,
+                     model: str = "bench") -> dict[str, Any]:
+    body = {"model": model, "prompt": prompt_ids, "max_tokens": new, "temperature": 0, "stream": True,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     stamps: list[float] = []
@@ -109,20 +112,21 @@ async def one_stream(client: httpx.AsyncClient, prompt_ids: list[int], new: int)
     return {"start": start, "stamps": stamps, "tokens": tokens}
 
 
-async def server_cell(url: str, concurrency: int, prompt: int, new: int, rounds: int) -> dict[str, Any]:
+async def server_cell(url: str, concurrency: int, prompt: int, new: int, rounds: int,
+                      model: str = "bench", label: str = "shipyard server (SSE)") -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         gen = torch.Generator().manual_seed(concurrency)
         prompts = [torch.randint(10, 4000, (prompt,), generator=gen).tolist() for _ in range(concurrency)]
-        await one_stream(client, prompts[0], 4)  # warm-up
+        await one_stream(client, prompts[0], 4, model)  # warm-up
         results = []
         t = time.perf_counter()
         for _ in range(rounds):
-            results += await asyncio.gather(*[one_stream(client, p, new) for p in prompts])
+            results += await asyncio.gather(*[one_stream(client, p, new, model) for p in prompts])
         wall = time.perf_counter() - t
     ttft = [r["stamps"][0] - r["start"] for r in results]
     gaps = sorted(b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:], strict=False))
     tokens = sum(r["tokens"] for r in results)
-    return {"engine": "shipyard server (SSE)", "concurrency": concurrency, "tokens_per_s": tokens / wall,
+    return {"engine": label, "concurrency": concurrency, "tokens_per_s": tokens / wall,
             "ttft_s": statistics.median(ttft), "ttft_max_s": max(ttft),
             "itl_p50_ms": gaps[len(gaps) // 2] * 1000, "itl_p99_ms": gaps[int(len(gaps) * 0.99)] * 1000}
 
@@ -155,17 +159,33 @@ def main() -> None:
     repo = Repository(repo_root)
     if not repo.versions("bench"):
         import_model(repo, folder, "bench")
+    if len(repo.versions("bench-int8")) < 2:  # v1 fp32 import, v2 its int8 weight-only child
+        from shipyard.optimize import optimize
+        from shipyard.zoo.code_lm import stdlib_files
+
+        if not repo.versions("bench-int8"):
+            import_model(repo, folder, "bench-int8")
+        result = optimize(repo_root, "bench-int8", preset_name="int8-weight-only", eval_data=str(stdlib_files()[1][0]),
+                          threads=args.threads, max_eval_tokens=1024)
+        print("int8 weight-only:", *result.report["notes"], sep="\n  ", flush=True)
+    int8_notes = repo.manifest("bench-int8", max(repo.versions("bench-int8"))).extra.get("notes", [])
     server = ServerProcess(repo_root, "--threads", str(args.threads))
     try:
-        for c in (1, 4, 16) if not args.quick else (1, 4):
-            cell = server_cell(server.url, c, prompt, new, args.rounds)
+        runs = [(m, label, c) for m, label in (("bench", "shipyard server (SSE)"),
+                                               ("bench-int8", "shipyard int8 weight-only (SSE)"))
+                for c in ((1, 4, 16) if not args.quick else (1, 4))]
+        for model, label, c in runs:
+            cell = server_cell(server.url, c, prompt, new, args.rounds, model, label)
             cells.append(asyncio.run(cell))
             last = cells[-1]
-            print(f"  shipyard c={c}: {last['tokens_per_s']:.1f} tok/s, TTFT p50 {last['ttft_s']:.3f} s, "
+            print(f"  {label} c={c}: {last['tokens_per_s']:.1f} tok/s, TTFT p50 {last['ttft_s']:.3f} s, "
                   f"ITL p50 {last['itl_p50_ms']:.1f} ms p99 {last['itl_p99_ms']:.1f} ms", flush=True)
     finally:
         server.stop()
-    single = next(c for c in cells if c["engine"].startswith("shipyard") and c["concurrency"] == 1)
+    single = next(c for c in cells if c["engine"].startswith("shipyard server") and c["concurrency"] == 1)
+    single8 = next(c for c in cells if c["engine"].startswith("shipyard int8") and c["concurrency"] == 1)
+    blocks = 12 * cfg.n_layer * cfg.n_embd**2
+    bound8 = bw * 1e9 / (blocks + 4 * (params - blocks))  # int8 blocks, fp32 embeddings / tied head
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
                     "torch": torch.__version__, "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
@@ -173,6 +193,8 @@ def main() -> None:
                   "quick": args.quick},
         "bandwidth_gbs": bw, "fp32_decode_bound_tok_s": bound,
         "single_stream_share_of_bound": single["tokens_per_s"] / bound,
+        "int8_decode_bound_tok_s": bound8, "int8_single_stream_share_of_bound": single8["tokens_per_s"] / bound8,
+        "int8_notes": int8_notes,
         "cells": cells,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -182,6 +204,9 @@ def main() -> None:
              "", f"Read bandwidth {bw:.1f} GB/s -> fp32 decode bound {bound:.1f} tok/s; shipyard single stream "
              f"= {result['single_stream_share_of_bound']:.0%} of it. Load average before/after: "
              f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f} (other work on the machine disturbs these figures).",
+             "", f"int8 weight-only decode bound {bound8:.1f} tok/s (int8 blocks, fp32 tied embedding/head); "
+             f"single stream = {result['int8_single_stream_share_of_bound']:.0%} of it. "
+             + " ".join(n for n in int8_notes if "kernel" in n or "perplexity" in n),
              "", "| engine | streams | tokens/s | TTFT p50 s | ITL p50 ms | ITL p99 ms |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for c in cells:
         p99 = f"{c['itl_p99_ms']:.1f}" if c["itl_p99_ms"] is not None else "-"

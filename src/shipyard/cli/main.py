@@ -174,7 +174,7 @@ def train_cmd(
 def optimize_cmd(
     ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION to optimize (default: the latest version).")],
     recipe: Annotated[Path | None, typer.Option("--recipe", help="Recipe YAML: a list of passes.")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="Built-in recipe: int8-dynamic, int8-static, fp16, prune-structured-50, lowrank-90, distill-half.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Built-in recipe: int8-dynamic, int8-static, fp16, prune-structured-50, lowrank-90, distill-half, int8-weight-only, int4-weight-only.")] = None,
     auto: Annotated[bool, typer.Option("--auto", help="Search recipes for the best --objective within --max-accuracy-drop.")] = False,
     max_accuracy_drop: Annotated[float, typer.Option(help="Accuracy points the search may lose vs the parent.")] = 1.0,
     objective: Annotated[str, typer.Option(help="What the search minimises: latency or size.")] = "latency",

@@ -37,6 +37,10 @@ PRESETS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "distill-half": ("distill a half-width student (half the channels of every conv/linear layer, or heads and "
                      "FFN neurons) from the model on --train data, then export it to ONNX",
                      [{"pass": "distill", "student": "narrow", "width": 0.5}, {"pass": "export", "format": "onnx"}]),
+    "int8-weight-only": ("int8 per-channel weights for Linear layers, fp32 activations (causal LMs, PyTorch models)",
+                         [{"pass": "weight-only", "bits": 8}]),
+    "int4-weight-only": ("int4 group-wise (128) weights for Linear layers, fp32 activations",
+                         [{"pass": "weight-only", "bits": 4, "group_size": 128}]),
 }
 ONNX_PASSES = {"quantize"}
 

@@ -122,7 +122,7 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
              preset_name: str | None = None, eval_data: DataSpec = None,
              calibrate: DataSpec = None, train: DataSpec = None, threads: int | None = None,
              latency_budget_s: float = 2.0, console: Console | None = None,
-             facts: dict[str, Any] | None = None) -> Result:
+             facts: dict[str, Any] | None = None, max_eval_tokens: int = 20_000) -> Result:
     """Apply a recipe (or preset) to NAME[:VERSION] and publish the result as the next version."""
     from shipyard.optimize.report import build_report, write_reports
 
@@ -133,6 +133,15 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
     parent = repo.manifest(name, version)
     root = root_of(repo, parent)
     sig = parent.signature
+    if parent.format == "hf-causal-lm":  # measured by held-out perplexity, not by a tensor data set
+        from shipyard.optimize.causal_lm import optimize_causal_lm
+
+        steps = resolve_recipe(recipe, preset_name, "torch", False)
+        with _progress(console) as progress:
+            task = progress.add_task(f"loading {name}:{parent.version}")
+            manifest, lm_report = optimize_causal_lm(repo, parent, root, steps, eval_data,
+                                                     threads, progress, task, max_eval_tokens)
+        return Result(manifest, lm_report)
     ev, cal, tr = resolve_data(parent, eval_data, calibrate, train)
     with tempfile.TemporaryDirectory(prefix="shipyard-optimize-") as tmp, _progress(console) as progress:
         ctx = Context(workdir=Path(tmp), threads=threads, eval_data=ev, calibration=cal, train=tr)

@@ -33,7 +33,18 @@ class HFCausalLMRuntime(HFTransformersRuntime):
     generative: ClassVar[bool] = True
 
     def load(self) -> None:
-        super().load()
+        from shipyard.optimize.causal_lm import is_weight_only, load_weight_only
+
+        if is_weight_only(self.path):  # int8/int4 Linear weights written by `shipyard optimize`
+            import torch
+
+            self.torch = torch
+            torch.set_num_threads(self.options.threads)
+            self.device = torch.device("cpu")
+            self.model = load_weight_only(self.path)
+            self.input_names = [t.name for t in self.signature.inputs]
+        else:
+            super().load()
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)

@@ -33,6 +33,13 @@ def _int8_packed(x: torch.Tensor, layer: WeightOnlyLinear) -> torch.Tensor:
     return torch.ops.aten._weight_int8pack_mm(x, layer.qweight, layer.scales)
 
 
+def _int8_packed_bf16(x: torch.Tensor, layer: WeightOnlyLinear) -> torch.Tensor:
+    # Same int8 weights, bf16 activations: torch 2.13's CPU `_weight_int8pack_mm` takes a fast
+    # path for bf16 inputs and a slow one for fp32 (measured 3072x768 at 1 row: 163 us bf16 vs
+    # 1,631 us fp32, fp32 F.linear 346 us). The price is bf16 rounding of activations in these layers.
+    return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), layer.qweight, layer.scales_bf16).float()
+
+
 def _int4_packed(x: torch.Tensor, layer: WeightOnlyLinear) -> torch.Tensor:
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, layer.qweight, layer.group_size, layer.scales_zeros)
 
@@ -44,7 +51,8 @@ def _dequantized(x: torch.Tensor, layer: WeightOnlyLinear) -> torch.Tensor:
 
 
 KERNELS: dict[str, Callable[[torch.Tensor, WeightOnlyLinear], torch.Tensor]] = {
-    "int8-packed": _int8_packed, "int4-packed": _int4_packed, "dequantize": _dequantized,
+    "int8-packed": _int8_packed, "int8-packed-bf16": _int8_packed_bf16, "int4-packed": _int4_packed,
+    "dequantize": _dequantized,
 }
 
 
@@ -59,8 +67,7 @@ class WeightOnlyLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
         if bits == 8:
             scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
-            self.register_buffer("qweight", torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8))
-            self.register_buffer("scales", scales)
+            self._set_int8(torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8), scales)
         else:
             g = w.reshape(self.out_features, -1, group_size)
             lo, hi = g.amin(dim=2), g.amax(dim=2)
@@ -69,11 +76,42 @@ class WeightOnlyLinear(nn.Module):
             # torch's int4 format dequantizes as (q - 8) * scale + zero, so zero = lo + 8 * scale.
             zeros = lo + 8 * scales
             self.register_buffer("scales_zeros", torch.stack([scales.t(), zeros.t()], dim=2).contiguous())
-            q = q.reshape(self.out_features, -1)
-            if kernel == "int4-packed":  # torch's CPU layout: two 4-bit values per byte
-                self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, INT4_TILES))
-            else:  # one value per byte; only the dequantizing kernel reads it
-                self.register_buffer("q4", q.to(torch.uint8))
+            self._set_int4(q.reshape(self.out_features, -1).to(torch.uint8))
+
+    def _set_int8(self, qweight: torch.Tensor, scales: torch.Tensor) -> None:
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+        if self.kernel == "int8-packed-bf16":  # derived, not saved
+            self.register_buffer("scales_bf16", scales.to(torch.bfloat16), persistent=False)
+
+    def _set_int4(self, q4: torch.Tensor) -> None:
+        # `q4` (one value per byte) is the portable form: it is what gets saved (two per byte) and
+        # what the dequantizing kernel reads. The packed kernel also needs torch's CPU tile layout,
+        # derived from it and not saved (it is specific to this torch build).
+        self.register_buffer("q4", q4)
+        if self.kernel == "int4-packed":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4.to(torch.int32), INT4_TILES)
+            self.register_buffer("qweight", packed, persistent=False)
+
+    @classmethod
+    def from_quantized(cls, in_features: int, out_features: int, bits: int, group_size: int, kernel: str,
+                       tensors: dict[str, torch.Tensor]) -> WeightOnlyLinear:
+        """Rebuild a layer from saved tensors (`qweight`+`scales` for int8, `q4`+`scales_zeros` for int4,
+        optional `bias`) without re-quantizing anything."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = in_features, out_features
+        layer.bits, layer.group_size, layer.kernel = bits, group_size, kernel
+        bias = tensors.get("bias")
+        layer.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
+        if bits == 8:
+            # Fresh copies: tensors read from a file may sit at any byte offset, and the packed
+            # kernels were seen to crash (SIGSEGV) on such unaligned weights.
+            layer._set_int8(tensors["qweight"].to(torch.int8).clone(), tensors["scales"].float().clone())
+        else:
+            layer.register_buffer("scales_zeros", tensors["scales_zeros"].float().clone())
+            layer._set_int4(tensors["q4"].to(torch.uint8))
+        return layer
 
     def dequantize(self) -> torch.Tensor:
         if self.bits == 8:
@@ -128,7 +166,7 @@ def measure_kernels(out_features: int, in_features: int, bits: int, group_size: 
     lin = nn.Linear(in_features, out_features, bias=False)
     x = torch.randn(rows, in_features)
     times = {"fp32": _time(lambda: nn.functional.linear(x, lin.weight))}
-    for name in (f"int{bits}-packed", "dequantize"):
+    for name in (f"int{bits}-packed", "dequantize", *(("int8-packed-bf16",) if bits == 8 else ())):
         try:
             layer = WeightOnlyLinear(lin, bits, group_size, name)
             with torch.inference_mode():
@@ -178,6 +216,9 @@ def quantize_weights_(module: nn.Module, bits: int = 8, group_size: int = 128, k
         report["kernel_shape"] = [big.out_features, big.in_features]
     elif kernel not in KERNELS:
         raise InvalidInput(f"unknown weight-only kernel {kernel!r}; known: {', '.join(KERNELS)}")
+    elif kernel.startswith("int") and not kernel.startswith(f"int{bits}"):
+        raise InvalidInput(f"weight-only kernel {kernel!r} does not run int{bits} weights; use auto, dequantize "
+                           f"or one of {', '.join(k for k in KERNELS if k.startswith(f'int{bits}'))}")
     report["kernel"] = kernel
     for name, lin in targets:
         parent_name, _, attr = name.rpartition(".")
@@ -192,7 +233,7 @@ class WeightOnly(PassConfig):
     name: ClassVar[str] = "weight-only"
     bits: Literal[4, 8] = Field(8, description="8: per-channel symmetric; 4: group-wise asymmetric round-to-nearest.")
     group_size: int = Field(128, ge=16, le=4096, description="Input columns per int4 scale (a multiple of 16).")
-    kernel: str = Field("auto", description="'auto' (measure and pick), 'int8-packed', 'int4-packed' or 'dequantize'.")
+    kernel: str = Field("auto", description="'auto' (measure and pick), 'int8-packed', 'int8-packed-bf16', 'int4-packed' or 'dequantize'.")
     exclude: list[str] = Field(default_factory=list, description="Linear layer names kept in fp32.")
 
     @model_validator(mode="after")
