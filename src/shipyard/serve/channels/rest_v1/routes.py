@@ -4,13 +4,13 @@ Routes are specific (`/v1/models/{m}`, `...:predict`): the rest of /v1 belongs t
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from shipyard.errors import InvalidInput, ShipyardError
+from shipyard.serve.channels.http_util import json_response, parse_version
 from shipyard.serve.channels.rest_v1.convert import decode_request, encode_response
 from shipyard.serve.channels.rest_v1.protocol import STATE
 from shipyard.serve.channels.rest_v2.routes import read_body
@@ -20,16 +20,8 @@ router = APIRouter()
 CHANNEL = "rest_v1"
 
 
-def _json(doc: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
-
-
-def _version(text: str | None) -> int | None:
-    if text is None:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInput(f"model version {text!r} must be a positive integer")
-    return int(text)
+_json = json_response
+_version = parse_version
 
 
 @router.get("/v1/models/{model}")

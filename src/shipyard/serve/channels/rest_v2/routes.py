@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shipyard.errors import InvalidInput, PayloadTooLarge, ShipyardError
 from shipyard.serve.channels.http_errors import internal_error_handler, shipyard_error_handler
+from shipyard.serve.channels.http_util import json_response, parse_version
 from shipyard.serve.channels.rest_v2.convert import decode_request, encode_response
 from shipyard.serve.channels.rest_v2.protocol import HEADER_LENGTH
 from shipyard.serve.dataplane import DataPlane
@@ -26,16 +27,8 @@ def _plane(request: Request) -> DataPlane:
     return plane
 
 
-def _json(doc: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
-
-
-def _version(text: str | None) -> int | None:
-    if text is None:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInput(f"model version {text!r} must be a positive integer")
-    return int(text)
+_json = json_response
+_version = parse_version
 
 
 async def read_body(request: Request) -> bytes:
