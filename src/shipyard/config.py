@@ -8,10 +8,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file the user wrote (a recipe, a training config), or InvalidInput naming `what`,
+    the file and, for a syntax error, the problem and where it is."""
+    import yaml
+
+    from shipyard.errors import InvalidInput
+
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInput(f"{what} {p} does not exist")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InvalidInput(f"{what} {p} is not valid YAML: {problem}{where}") from None
 
 
 def default_threads() -> int:

@@ -76,16 +76,9 @@ def parse_recipe(data: Any) -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    import yaml
+    from shipyard.config import read_yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInput(f"recipe file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise InvalidInput(f"recipe file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_recipe(data)
+    return parse_recipe(read_yaml(path, "recipe file"))
 
 
 def preset(name: str, source_kind: str, has_train: bool = False) -> Recipe:

@@ -161,13 +161,6 @@ def parse_config(data: Any, source: str = "(given)") -> TrainConfig:
 
 def load_config(path: str | Path) -> TrainConfig:
     """Read and validate a YAML training config; every problem names its key."""
-    import yaml
+    from shipyard.config import read_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput(f"training config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise InvalidInput(f"training config {path} is not valid YAML: {e}") from None
-    return parse_config(data, str(path))
+    return parse_config(read_yaml(path, "training config"), str(path))
