@@ -29,14 +29,37 @@ def test_quantize_weights_on_gpt2_converts_conv1d_first(bits: int, group: int, t
         before = model(input_ids=ids).logits
     report = quantize_weights_(model, bits=bits, group_size=group)
     assert report["conv1d_converted"] == 8  # c_attn, c_proj, c_fc, mlp.c_proj in 2 blocks
-    assert report["tied"] == ["lm_head"]  # shares wte: quantizing it would add a copy
+    head_fits = bits == 8  # int4 needs out_features % 8 == 0: the 100-word head stays fp32 and tied
+    assert report["untied"] == (["lm_head"] if head_fits else [])  # a quantized copy; wte stays fp32
+    assert isinstance(model.transformer.wte, nn.Embedding) and model.transformer.wte.weight.dtype == torch.float32
     quantized = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
-    assert len(quantized) == report["layers"] >= 8
+    assert len(quantized) == report["layers"] == 8 + head_fits
     assert report["kernel"] in KERNELS and "fp32" in report["kernel_us"]
     with torch.inference_mode():
         after = model(input_ids=ids).logits
     rel = (after - before).abs().max() / before.abs().max()
     assert 0 < rel < tol  # really quantized, still close
+
+
+def test_tied_head_can_be_kept_fp32_and_tied() -> None:
+    model = _gpt2()
+    report = quantize_weights_(model, bits=8, kernel="int8-packed", tied="keep")
+    assert report["tied"] == ["lm_head"] and report["untied"] == [] and report["layers"] == 8
+    assert model.lm_head.weight is model.transformer.wte.weight
+    with pytest.raises(InvalidInput, match="tied must be"):
+        quantize_weights_(_gpt2(), bits=8, tied="drop")  # type: ignore[arg-type]
+
+
+def test_int8_dynamic_kernel_quantizes_activations_too() -> None:
+    """int8 weights x int8 activations (one scale per call): close to the int8-weight result, not equal."""
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 96)
+    x = torch.randn(4, 256)
+    q = WeightOnlyLinear(lin, 8, 128, "int8-dynamic")
+    ref = nn.functional.linear(x, q.dequantize(), lin.bias)
+    err = (q(x) - ref).abs().max() / ref.abs().max()
+    assert 0 < err < 0.02
+    assert q(x[:1]).shape == (1, 96)  # one row (decode) as well as several
 
 
 @pytest.mark.parametrize("kernel", ["int8-packed", "dequantize"])
