@@ -34,6 +34,19 @@ clean:
 bench-generate: setup
 	$(BIN)/python bench/generate.py
 
+# llama.cpp for bench/generate.py: llama-cpp-python built from source (CPU only, ~15 min) in its own
+# virtual environment, and its source package kept for llama.cpp's GGUF converter.
+LLAMA_WORK := bench/.work
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+.PHONY: bench-llama-setup
+bench-llama-setup: setup
+	test -x $(LLAMA_WORK)/llama-venv/bin/python || $(PYTHON) -m venv $(LLAMA_WORK)/llama-venv
+	CMAKE_ARGS="-DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_NATIVE=ON" \
+		$(LLAMA_WORK)/llama-venv/bin/pip install '$(LLAMA_CPP_PYTHON)[server]'
+	mkdir -p $(LLAMA_WORK)/llama-src
+	$(BIN)/pip download --no-deps --no-binary :all: '$(LLAMA_CPP_PYTHON)' -d $(LLAMA_WORK)/llama-src
+	cd $(LLAMA_WORK)/llama-src && tar xzf llama_cpp_python-*.tar.gz
+
 # Regenerate the gRPC V2 Python modules from our .proto files (committed; run after editing them).
 PROTO_DIR := src/shipyard/serve/channels/grpc_v2/protocol
 .PHONY: proto

@@ -14,8 +14,13 @@ SSE chunks; one chunk is one token unless bytes of a character are held back), a
 decode as a share of the memory-bandwidth bound (fp32 weight bytes per token / read bandwidth,
 measured here in the same run), and the same cells for `shipyard int8 weight-only`: the model
 published through `shipyard.optimize` with the `int8-weight-only` preset (int8 per-channel Linear
-weights, kernel picked by measuring; its bound uses int8 block weights). llama.cpp is not run here
-(it needs a ~15 min build).
+weights, kernel picked by measuring; its bound uses int8 block weights), and llama.cpp's OpenAI server
+from the `llama-cpp-python` package on the same checkpoint converted to GGUF f32 and q8_0, when that
+package is built (`make bench-llama-setup`, ~15 min of compiling; the cells are skipped with a note
+otherwise). llama-cpp-python's server runs one request at a time (it holds a lock per request, and is
+started with --interrupt_requests False so a new request queues instead of cutting the running one
+short): its concurrency cells show that queueing. It is sent the prompt as text (the same ids
+decoded), so its prompt may tokenize to slightly more or fewer tokens.
 
 Usage:
   .venv/bin/python bench/generate.py            # full run (several minutes)
@@ -92,10 +97,10 @@ def transformers_cells(folder: Path, prompt: int, new: int, threads: int) -> lis
     return cells
 
 
-async def one_stream(client: httpx.AsyncClient, prompt_ids: list[int], new: int,
-                     model: str = "bench") -> dict[str, Any]:
-    body = {"model": model, "prompt": prompt_ids, "max_tokens": new, "temperature": 0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
+async def one_stream(client: httpx.AsyncClient, prompt: list[int] | str, new: int,
+                     model: str = "bench", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = {"model": model, "prompt": prompt, "max_tokens": new, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}, **(extra or {})}
     start = time.perf_counter()
     stamps: list[float] = []
     tokens = 0
@@ -109,19 +114,26 @@ async def one_stream(client: httpx.AsyncClient, prompt_ids: list[int], new: int,
                 stamps.append(time.perf_counter())
             elif event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
-    return {"start": start, "stamps": stamps, "tokens": tokens}
+    return {"start": start, "stamps": stamps, "tokens": tokens or len(stamps)}  # a server without usage: chunks
+
+
+def prompts_for(concurrency: int, prompt: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(concurrency)
+    return [torch.randint(10, 4000, (prompt,), generator=gen).tolist() for _ in range(concurrency)]
 
 
 async def server_cell(url: str, concurrency: int, prompt: int, new: int, rounds: int,
-                      model: str = "bench", label: str = "shipyard server (SSE)") -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        gen = torch.Generator().manual_seed(concurrency)
-        prompts = [torch.randint(10, 4000, (prompt,), generator=gen).tolist() for _ in range(concurrency)]
-        await one_stream(client, prompts[0], 4, model)  # warm-up
+                      model: str = "bench", label: str = "shipyard server (SSE)",
+                      as_text: Any = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, timeout=1800) as client:
+        prompts: list[Any] = prompts_for(concurrency, prompt)
+        if as_text is not None:
+            prompts = [as_text(p) for p in prompts]
+        await one_stream(client, prompts[0], 4, model, extra)  # warm-up
         results = []
         t = time.perf_counter()
         for _ in range(rounds):
-            results += await asyncio.gather(*[one_stream(client, p, new, model) for p in prompts])
+            results += await asyncio.gather(*[one_stream(client, p, new, model, extra) for p in prompts])
         wall = time.perf_counter() - t
     ttft = [r["stamps"][0] - r["start"] for r in results]
     gaps = sorted(b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:], strict=False))
@@ -131,11 +143,103 @@ async def server_cell(url: str, concurrency: int, prompt: int, new: int, rounds:
             "itl_p50_ms": gaps[len(gaps) // 2] * 1000, "itl_p99_ms": gaps[int(len(gaps) * 0.99)] * 1000}
 
 
+LLAMA_VENV = WORK / "llama-venv"
+
+
+def llama_source() -> Path | None:
+    """The llama.cpp tree shipped inside the llama-cpp-python source package (for its GGUF converter)."""
+    found = sorted((WORK / "llama-src").glob("llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
+    return found[-1].parent if found else None
+
+
+def to_gguf(folder: Path, outtype: str) -> Path:
+    """Convert the checkpoint with llama.cpp's own converter. Two adjustments, both for this bench
+    model rather than for GPT-2 in general: its config gets `n_ctx` (the converter reads it; recent
+    transformers no longer write it), and its BPE tokenizer, trained here, is declared to split text
+    the GPT-2 way (which it does): the converter only recognises pre-tokenizers by a hash of known
+    vocabularies."""
+    out = WORK / f"{folder.name}-{outtype}.gguf"
+    if out.is_file():
+        return out
+    src = llama_source()
+    assert src is not None
+    staged = WORK / f"{folder.name}-gguf-src"
+    if not staged.is_dir():
+        import shutil
+
+        shutil.copytree(folder, staged)
+        cfg = json.loads((staged / "config.json").read_text())
+        cfg.setdefault("n_ctx", cfg["n_positions"])
+        (staged / "config.json").write_text(json.dumps(cfg, indent=1))
+    script = ("import sys; sys.path[:0] = [sys.argv.pop(1), sys.argv.pop(1)]; import conversion.base as b; "
+              "b.TextModel.get_vocab_base_pre = lambda self, tok: 'gpt-2'; import convert_hf_to_gguf as c; c.main()")
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", script, str(src), str(src / "gguf-py"), str(staged), "--outtype", outtype,
+                    "--outfile", str(out)], check=True, capture_output=True)
+    return out
+
+
+def llama_cells(folder: Path, prompt: int, new: int, threads: int, concurrencies: tuple[int, ...],
+                rounds: int) -> tuple[list[dict[str, Any]], str]:
+    """llama-cpp-python's OpenAI server on GGUF f32 and q8_0 of the same checkpoint."""
+    import signal
+    import subprocess
+
+    python = LLAMA_VENV / "bin" / "python"
+    if not python.is_file() or llama_source() is None:
+        return [], "llama.cpp cells skipped: run `make bench-llama-setup` first (builds llama-cpp-python, ~15 min)"
+    from transformers import AutoTokenizer
+
+    from tests.fixtures import free_port
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    eos = tok.eos_token_id
+    # No ignore_eos there: a strong negative bias on the end-of-text token keeps every stream to `new` tokens.
+    extra = {"logit_bias": {str(eos): -100.0}} if eos is not None else {}
+    cells = []
+    for outtype in ("f32", "q8_0"):
+        model = to_gguf(folder, outtype)
+        port = free_port()
+        log = open(WORK / f"llama-server-{outtype}.log", "w")
+        proc = subprocess.Popen([str(python), "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+                                 "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+                                 "--n_ctx", "2048", "--interrupt_requests", "False", "--model_alias", "bench"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"llama.cpp server did not start; see {log.name}")
+                try:
+                    if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.3)
+            label = f"llama.cpp server {outtype} (llama-cpp-python, SSE)"
+            for c in concurrencies:
+                cell = asyncio.run(server_cell(url, c, prompt, new, rounds, "bench", label,
+                                               as_text=lambda ids: tok.decode(ids), extra=extra))
+                cells.append(cell)
+                print(f"  {label} c={c}: {cell['tokens_per_s']:.1f} tok/s, TTFT p50 {cell['ttft_s']:.3f} s, "
+                      f"ITL p50 {cell['itl_p50_ms']:.1f} ms p99 {cell['itl_p99_ms']:.1f} ms", flush=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+    return cells, ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2-layer model, prompt 32, 16 new tokens")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1, help="rounds of `concurrency` requests per cell")
+    ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp cells")
     args = ap.parse_args()
     prompt, new = (32, 16) if args.quick else (128, 128)
     layers = 2 if args.quick else 12
@@ -156,6 +260,9 @@ def main() -> None:
           flush=True)
     cells = transformers_cells(folder, prompt, new, args.threads)
     repo_root = WORK / f"repo-{layers}l"
+    import shutil
+
+    shutil.rmtree(repo_root, ignore_errors=True)  # the int8 version is rebuilt by this run's code
     repo = Repository(repo_root)
     if not repo.versions("bench"):
         import_model(repo, folder, "bench")
@@ -182,10 +289,20 @@ def main() -> None:
                   f"ITL p50 {last['itl_p50_ms']:.1f} ms p99 {last['itl_p99_ms']:.1f} ms", flush=True)
     finally:
         server.stop()
+    llama_note = "llama.cpp cells skipped (--no-llama)"
+    if not args.no_llama:
+        more, llama_note = llama_cells(folder, prompt, new, args.threads, (1, 4) if args.quick else (1, 4, 16), args.rounds)
+        cells += more
+        if llama_note:
+            print(llama_note, flush=True)
     single = next(c for c in cells if c["engine"].startswith("shipyard server") and c["concurrency"] == 1)
     single8 = next(c for c in cells if c["engine"].startswith("shipyard int8") and c["concurrency"] == 1)
     blocks = 12 * cfg.n_layer * cfg.n_embd**2
-    bound8 = bw * 1e9 / (blocks + 4 * (params - blocks))  # int8 blocks, fp32 embeddings / tied head
+    int8_folder = repo.path("bench-int8", max(repo.versions("bench-int8")))
+    head_int8 = "lm_head" in json.loads((int8_folder / "weight_only.json").read_text())["layers"]
+    head = cfg.vocab_size * cfg.n_embd
+    # int8 blocks; the LM head int8 when it was quantized as an untied copy, else the fp32 tied embedding.
+    bound8 = bw * 1e9 / (blocks + (head if head_int8 else 4 * (params - blocks)))
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
                     "torch": torch.__version__, "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
@@ -204,9 +321,10 @@ def main() -> None:
              "", f"Read bandwidth {bw:.1f} GB/s -> fp32 decode bound {bound:.1f} tok/s; shipyard single stream "
              f"= {result['single_stream_share_of_bound']:.0%} of it. Load average before/after: "
              f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f} (other work on the machine disturbs these figures).",
-             "", f"int8 weight-only decode bound {bound8:.1f} tok/s (int8 blocks, fp32 tied embedding/head); "
+             "", f"int8 weight-only decode bound {bound8:.1f} tok/s (int8 blocks, {'int8' if head_int8 else 'fp32 tied'} LM head); "
              f"single stream = {result['int8_single_stream_share_of_bound']:.0%} of it. "
              + " ".join(n for n in int8_notes if "kernel" in n or "perplexity" in n),
+             *(["", llama_note] if llama_note else []),
              "", "| engine | streams | tokens/s | TTFT p50 s | ITL p50 ms | ITL p99 ms |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for c in cells:
         p99 = f"{c['itl_p99_ms']:.1f}" if c["itl_p99_ms"] is not None else "-"
