@@ -95,6 +95,10 @@ class GenerationConfig(BaseModel):
     max_model_len: int | None = Field(
         None, ge=16, description="Longest prompt + completion; default: the model's positions."
     )
+    packed_linears: bool = Field(
+        True, description="Reorder fp32 Linear weights once into oneDNN's blocked layout (faster "
+        "matmuls at the few rows of a decode step; the model's own weights are replaced)."
+    )
 
 
 class ShadowConfig(BaseModel):

@@ -51,6 +51,54 @@ class StepBatch:
     logit_rows: torch.Tensor | None = None  # rows whose next-token logits are wanted
 
 
+class PackedLinear(nn.Module):
+    """An fp32 Linear whose weight is reordered once into oneDNN's blocked layout.
+
+    `F.linear` on a plain weight goes through a GEMM that repacks (part of) the weight on every call;
+    for the few rows of a decode step that repacking costs more than the math, and a step re-reads
+    every weight of the model. Reordered once, the same weight gave 2-3x faster matmuls at 4 and 16
+    rows and ~2x at one row on the 50257 x 768 GPT-2 head here (same fp32 math, other summation order).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), 1)
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, oneDNN packed"
+
+
+def packed_linears_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def pack_linears_(model: nn.Module) -> int:
+    """Swap every fp32 `nn.Linear` (and transformers' GPT-2 `Conv1D`, a transposed Linear) of `model`
+    for a `PackedLinear`, in place; returns how many. A head tied to the input embedding keeps the
+    embedding's own weight for lookups, so it costs one more copy of that matrix."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        Conv1D = ()  # noqa: N806
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and child.weight.dtype == torch.float32:
+                weight = child.weight
+            elif Conv1D and isinstance(child, Conv1D) and child.weight.dtype == torch.float32:
+                weight = child.weight.t()
+            else:
+                continue
+            setattr(parent, name, PackedLinear(weight, child.bias))
+            count += 1
+    return count
+
+
 @dataclass
 class Layer:
     norm1: nn.Module
@@ -64,8 +112,9 @@ class PagedLM:
     """A loaded HF causal LM (`family` 'gpt2' or 'llama') bound to a `BlockPool`."""
 
     def __init__(self, model: nn.Module, family: str, pool_budget_bytes: int, block_size: int,
-                 max_blocks: int) -> None:
+                 max_blocks: int, pack_linears: bool = False) -> None:
         self.model = model
+        self.packed = pack_linears_(model) if pack_linears and packed_linears_available() else 0
         self.family = family
         cfg = model.config
         self.heads = int(cfg.num_attention_heads)
