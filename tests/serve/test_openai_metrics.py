@@ -89,6 +89,7 @@ def test_histograms_and_token_counters_match_what_the_client_got(server: ServerP
     assert value(m, "shipyard_running_sequences") == 0 and value(m, "shipyard_waiting_requests") == 0
     assert value(m, "shipyard_kv_cache_blocks", state="used") == 0
     assert value(m, "shipyard_kv_cache_blocks", state="free") > 0
+    assert value(m, "shipyard_preemptions_total") == 0  # 8 MiB is room enough for these
 
 
 def test_a_client_that_leaves_is_counted_as_cancelled(server: ServerProcess) -> None:

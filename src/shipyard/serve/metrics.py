@@ -17,6 +17,7 @@ Generative models (the engine behind the OpenAI channel), per model and version:
   shipyard_prompt_tokens_total, shipyard_generated_tokens_total   tokens/s is their rate()
   shipyard_running_sequences, shipyard_waiting_requests           the engine's batch and queue now
   shipyard_kv_cache_blocks{state}             KV-cache blocks free and used now
+  shipyard_preemptions_total                  requests sent back to the queue when the cache ran out
   process_resident_memory_bytes, process_cpu_seconds_total, ... (prometheus-client's process collector)
 
 Label values come from loaded models only: a request naming a model that is not loaded is
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from shipyard.errors import (
@@ -101,6 +102,8 @@ class _LiveState:
                                     labels=labels)
         blocks = GaugeMetricFamily("shipyard_kv_cache_blocks", "KV-cache blocks of a generation engine, "
                                    "free and used.", labels=[*labels, "state"])
+        preempted = CounterMetricFamily("shipyard_preemptions", "Generation requests preempted (their KV "
+                                        "blocks freed, recomputed later) when the cache ran out.", labels=labels)
         for entry in list(self.manager.models.values()):
             for v, lv in sorted(entry.versions.items()):
                 state.add_metric([lv.name, str(v), lv.state], 1)
@@ -112,7 +115,8 @@ class _LiveState:
                     waiting.add_metric([lv.name, str(v)], now["waiting"])
                     blocks.add_metric([lv.name, str(v), "free"], now["free_blocks"])
                     blocks.add_metric([lv.name, str(v), "used"], now["total_blocks"] - now["free_blocks"])
-        yield from (depth, state, running, waiting, blocks)
+                    preempted.add_metric([lv.name, str(v)], now["preemptions"])
+        yield from (depth, state, running, waiting, blocks, preempted)
 
 
 class Metrics:
