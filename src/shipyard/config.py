@@ -76,8 +76,9 @@ class GenerationConfig(BaseModel):
 
     kv_cache_mb: int = Field(
         512, ge=1, le=1_000_000,
-        description="Memory preallocated for the KV cache. Requests whose prompt plus max_tokens "
-        "do not fit in what is free wait in the queue.",
+        description="Memory preallocated for the KV cache. Sequences take blocks as they grow; "
+        "requests whose prompt does not fit in what is free wait in the queue, and when the cache "
+        "runs out mid-generation the newest request is preempted and recomputed later.",
     )
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV-cache block.")
     max_num_seqs: int = Field(

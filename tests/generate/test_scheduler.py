@@ -1,5 +1,6 @@
 """The scheduler's promises, step by step: decoders advance every step while a long prompt is
-prefilled in chunks of what is left of the budget; admission waits for a slot and KV room."""
+prefilled in chunks of what is left of the budget; admission waits for a slot and KV room;
+blocks are taken as sequences grow, and when none is left the newest request is preempted."""
 
 from __future__ import annotations
 
@@ -44,12 +45,58 @@ def test_a_long_prompt_never_stalls_the_decoders() -> None:
 def test_admission_waits_for_a_slot_and_for_cache_room() -> None:
     pool = BlockPool(layers=1, kv_heads=1, head_dim=4, block_size=4, budget_bytes=1 << 20, max_blocks=6)
     sched = Scheduler(GenerationConfig(max_batched_tokens=64, max_num_seqs=1), pool)
-    first, second = request(8, 8), request(4, 4)  # 4 blocks, then 2
+    first, second = request(8, 100), request(4, 4)  # 2 blocks for the prompt: max_tokens is not reserved
     sched.waiting.extend([first, second])
     sched.schedule()
     assert [s.request for s in sched.running] == [first] and list(sched.waiting) == [second]
-    assert pool.free_blocks == 2
+    assert pool.free_blocks == 4
     sched.remove(first.seqs[0])  # finished or cancelled: its slot and blocks are free at once
     assert pool.free_blocks == 6
     sched.schedule()
     assert [s.request for s in sched.running] == [second]
+
+
+def test_a_prompt_waits_for_room_and_a_spare_block_per_running_sequence() -> None:
+    pool = BlockPool(layers=1, kv_heads=1, head_dim=4, block_size=4, budget_bytes=1 << 20, max_blocks=6)
+    sched = Scheduler(GenerationConfig(max_batched_tokens=64, max_num_seqs=4), pool)
+    first, second = request(16, 100), request(4, 4)  # 4 blocks, then 1 (+ 2 spare: one per sequence)
+    sched.waiting.extend([first, second])
+    sched.schedule()
+    assert list(sched.waiting) == [second] and pool.free_blocks == 2  # room for it, but not the spares
+    big = request(20, 4)  # 5 blocks: the whole pool, when it is alone
+    lone = Scheduler(GenerationConfig(max_batched_tokens=64, max_num_seqs=4), BlockPool(
+        layers=1, kv_heads=1, head_dim=4, block_size=4, budget_bytes=1 << 20, max_blocks=5))
+    lone.waiting.append(big)
+    lone.schedule()
+    assert [s.request for s in lone.running] == [big]
+
+
+def test_blocks_grow_and_the_newest_request_is_preempted_then_recomputed() -> None:
+    pool = BlockPool(layers=1, kv_heads=1, head_dim=4, block_size=4, budget_bytes=1 << 20, max_blocks=5)
+    sched = Scheduler(GenerationConfig(max_batched_tokens=64, max_num_seqs=4), pool)
+    old, new = request(4, 12), request(3, 12)
+    sched.waiting.append(old)
+    advance(sched.schedule())  # old: prompt of 4 in 1 block, first token sampled
+    sched.waiting.append(new)
+    advance(sched.schedule())  # new admitted (1 block + 2 spare left); old took its 2nd block
+    assert [s.request for s in sched.running] == [old, new] and pool.free_blocks == 2
+    preempted_at = None
+    for _ in range(12):
+        step = sched.schedule()
+        if sched.preemptions and preempted_at is None:
+            preempted_at = len(new.seqs[0].tokens)
+            assert [s.request for s in sched.running] == [old] and list(sched.waiting) == [new]
+            assert new.seqs[0].computed == 0 and new.seqs[0].blocks == []
+            assert {id(s) for s, _ in step} == {id(old.seqs[0])}
+        for seq, seg in step:  # a sequence's segment never runs past the blocks it holds
+            assert seg.start + seg.length <= len(seq.blocks) * pool.block_size
+        advance(step)
+        if len(old.seqs[0].out_ids) == 12:
+            sched.remove(old.seqs[0])
+            break
+    assert preempted_at is not None and sched.preemptions == 1
+    assert sched.recomputed_tokens == preempted_at - 1  # all but its last sampled token were cached
+    # Readmitted, it recomputes prompt and generated tokens as one prefill, then samples the next.
+    step = sched.schedule()
+    (seq, seg), = step
+    assert seq is new.seqs[0] and seg.start == 0 and seg.tokens == new.seqs[0].tokens and seg.wants_logits

@@ -3,6 +3,7 @@ prefill, sampling, stop conditions and token streaming (see engine.py for the lo
 
 from shipyard.generate.engine import Engine
 from shipyard.generate.params import ContextTooLong, Delta, Output, SamplingParams
-from shipyard.generate.protocol import AsyncEngine, EngineClient, Stream
+from shipyard.generate.protocol import AsyncEngine, EngineClient, Observer, Stream
 
-__all__ = ["AsyncEngine", "ContextTooLong", "Delta", "Engine", "EngineClient", "Output", "SamplingParams", "Stream"]
+__all__ = ["AsyncEngine", "ContextTooLong", "Delta", "Engine", "EngineClient", "Observer", "Output",
+           "SamplingParams", "Stream"]

@@ -120,6 +120,7 @@ class Engine:
         s = self.stats
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "free_blocks": self.lm.pool.free_blocks, "total_blocks": self.lm.pool.num_blocks,
+                "preemptions": self.scheduler.preemptions, "recomputed_tokens": self.scheduler.recomputed_tokens,
                 **s.__dict__}
 
     # -- the engine thread --------------------------------------------------------------------

@@ -4,12 +4,17 @@
 can still answer with a status code); it returns a `Stream` of `Output`s. Leaving the stream before
 its end (a client that disconnects: the task reading it is cancelled) cancels the request, and the
 engine frees its sequence slots and KV blocks at the next step.
+
+An `Observer` (the server's metrics) hears of each request's first token, the gaps between its
+later outputs, and its end. Outputs are stamped on the engine thread as they leave it, so event
+loop delays do not blur the figures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -18,6 +23,19 @@ from shipyard.generate.params import Output, SamplingParams
 from shipyard.generate.sequence import Request
 
 _ids = itertools.count()
+
+
+class Observer(Protocol):
+    """What a server records of each request, called on the event loop (times in seconds)."""
+
+    def first_token(self, prompt_tokens: int, tokens: int, seconds: float) -> None:
+        """The first output with tokens: `seconds` since submission (the time to first token)."""
+
+    def next_tokens(self, tokens: int, gap: float) -> None:
+        """A later output (one engine step; one token per running sequence), `gap` after the last."""
+
+    def finished(self, outcome: str, seconds: float) -> None:
+        """The end: outcome "finished", "cancelled" or "failed", `seconds` since submission."""
 
 
 class EngineClient(Protocol):
@@ -35,15 +53,19 @@ class EngineClient(Protocol):
 class Stream:
     """The outputs of one request, in order, as an async iterator."""
 
-    def __init__(self, engine: Engine, prompt: list[int], params: SamplingParams, max_tokens: int) -> None:
+    def __init__(self, engine: Engine, prompt: list[int], params: SamplingParams, max_tokens: int,
+                 observer: Observer | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Output] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Output, float]] = asyncio.Queue()
         self._engine = engine
         self._done = False
+        self._observer = observer
+        self._start = time.perf_counter()
+        self._last: float | None = None  # when the last output with tokens left the engine
 
         def emit(out: Output) -> None:  # called on the engine thread
             try:
-                loop.call_soon_threadsafe(self._queue.put_nowait, out)
+                loop.call_soon_threadsafe(self._queue.put_nowait, (out, time.perf_counter()))
             except RuntimeError:  # the loop is closed: nobody is reading any more
                 pass
 
@@ -54,12 +76,16 @@ class Stream:
     async def __aiter__(self) -> AsyncIterator[Output]:
         try:
             while True:
-                out = await self._queue.get()
+                out, at = await self._queue.get()
                 if out.error is not None:
                     self._done = True
+                    self._observe_end("failed", at)
                     raise out.error
+                if self._observer is not None:
+                    self._observe(out, at)
                 if out.finished:
                     self._done = True
+                    self._observe_end("finished", at)
                 yield out
                 if out.finished:
                     return
@@ -70,13 +96,30 @@ class Stream:
         if not self._done:
             self._done = True
             self._engine.abort(self.request)
+            self._observe_end("cancelled", time.perf_counter())
+
+    def _observe(self, out: Output, at: float) -> None:
+        assert self._observer is not None
+        tokens = sum(len(d.token_ids) for d in out.deltas)
+        if not tokens:
+            return
+        if self._last is None:
+            self._observer.first_token(self.prompt_tokens, tokens, at - self._start)
+        else:
+            self._observer.next_tokens(tokens, at - self._last)
+        self._last = at
+
+    def _observe_end(self, outcome: str, at: float) -> None:
+        if self._observer is not None:
+            self._observer.finished(outcome, at - self._start)
 
 
 class AsyncEngine:
     """An `Engine` seen from the event loop."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, observer: Observer | None = None) -> None:
         self.engine = engine
+        self.observer = observer
         self.name = engine.name
         self.max_model_len = engine.max_model_len
         self.tokenizer = engine.tokenizer
@@ -86,4 +129,4 @@ class AsyncEngine:
 
     def submit(self, prompt: list[int], params: SamplingParams) -> Stream:
         max_tokens = self.engine.check(prompt, params)
-        return Stream(self.engine, prompt, params, max_tokens)
+        return Stream(self.engine, prompt, params, max_tokens, self.observer)

@@ -95,6 +95,7 @@ class DataPlane:
         self.router = Router(manager.repository)
         self._shadows: set[asyncio.Task[None]] = set()
         manager.batch_observer = self.metrics.batch_observer
+        manager.generation_observer = self.metrics.generation_observer
 
     # -- access ----------------------------------------------------------------------------
     def authorize(self, token: str | None, channel: str, model: str | None = None,

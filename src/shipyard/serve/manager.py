@@ -52,6 +52,8 @@ class ModelManager:
         self._lock = threading.RLock()
         # Set by the server: gives each new batcher its metrics observer.
         self.batch_observer: Callable[[str, int], Callable[[int, float, list[float]], None]] | None = None
+        # Set by the server: gives each new generation engine its metrics observer.
+        self.generation_observer: Callable[[str, int], Any] | None = None
 
     def _versions_to_load(self, name: str) -> list[int]:
         config = self.repository.model_config(name)
@@ -93,7 +95,8 @@ class ModelManager:
                     from shipyard.generate import AsyncEngine, Engine
 
                     engine = Engine(runtime, generation_for(self.settings, config), f"{name}:{version}")
-                    lv.engine = AsyncEngine(engine)
+                    observer = self.generation_observer(name, version) if self.generation_observer else None
+                    lv.engine = AsyncEngine(engine, observer)
                 if self.batch_observer is not None:
                     lv.batcher.observer = self.batch_observer(name, version)
                 lv.state = READY

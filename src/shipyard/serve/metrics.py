@@ -9,6 +9,15 @@ Names (documented in the README):
   shipyard_queue_depth{model,version}                            requests waiting now
   shipyard_model_state{model,version,state}                      1 for the version's current state
   shipyard_shadow_comparisons_total{model,version,shadow,outcome} shadow answers: agree/disagree/error
+Generative models (the engine behind the OpenAI channel), per model and version:
+  shipyard_time_to_first_token_seconds        submission to the first generated token
+  shipyard_inter_token_latency_seconds        gap between a request's successive engine steps
+  shipyard_generation_duration_seconds        submission to the last token (finished requests)
+  shipyard_generation_requests_total{outcome} finished, cancelled (the client left) or failed
+  shipyard_prompt_tokens_total, shipyard_generated_tokens_total   tokens/s is their rate()
+  shipyard_running_sequences, shipyard_waiting_requests           the engine's batch and queue now
+  shipyard_kv_cache_blocks{state}             KV-cache blocks free and used now
+  shipyard_preemptions_total                  requests sent back to the queue when the cache ran out
   process_resident_memory_bytes, process_cpu_seconds_total, ... (prometheus-client's process collector)
 
 Label values come from loaded models only: a request naming a model that is not loaded is
@@ -23,7 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from shipyard.errors import (
@@ -61,6 +70,14 @@ OUTCOMES: list[tuple[type[BaseException], str]] = [
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+# LLM serving spans milliseconds (a decode step of a small model) to minutes (a long completion
+# behind a queue); the finest buckets sit where decode gaps and first tokens usually fall.
+TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
+                5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2,
+               0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0,
+               300.0, 600.0)
 
 
 def outcome_of(exc: BaseException) -> str:
@@ -78,13 +95,28 @@ class _LiveState:
                                   labels=["model", "version"])
         state = GaugeMetricFamily("shipyard_model_state", "1 for each model version's current state "
                                   "(READY, LOADING, UNAVAILABLE).", labels=["model", "version", "state"])
+        labels = ["model", "version"]
+        running = GaugeMetricFamily("shipyard_running_sequences", "Sequences in a generation engine's batch.",
+                                    labels=labels)
+        waiting = GaugeMetricFamily("shipyard_waiting_requests", "Requests queued for a generation engine.",
+                                    labels=labels)
+        blocks = GaugeMetricFamily("shipyard_kv_cache_blocks", "KV-cache blocks of a generation engine, "
+                                   "free and used.", labels=[*labels, "state"])
+        preempted = CounterMetricFamily("shipyard_preemptions", "Generation requests preempted (their KV "
+                                        "blocks freed, recomputed later) when the cache ran out.", labels=labels)
         for entry in list(self.manager.models.values()):
             for v, lv in sorted(entry.versions.items()):
                 state.add_metric([lv.name, str(v), lv.state], 1)
                 if lv.batcher is not None:
                     depth.add_metric([lv.name, str(v)], lv.batcher.depth)
-        yield depth
-        yield state
+                if lv.engine is not None and lv.state == "READY":
+                    now = lv.engine.engine.snapshot()  # plain reads of the engine's lists
+                    running.add_metric([lv.name, str(v)], now["running"])
+                    waiting.add_metric([lv.name, str(v)], now["waiting"])
+                    blocks.add_metric([lv.name, str(v), "free"], now["free_blocks"])
+                    blocks.add_metric([lv.name, str(v), "used"], now["total_blocks"] - now["free_blocks"])
+                    preempted.add_metric([lv.name, str(v)], now["preemptions"])
+        yield from (depth, state, running, waiting, blocks, preempted)
 
 
 class Metrics:
@@ -109,6 +141,21 @@ class Metrics:
                                     ["model", "version"], buckets=BATCH_BUCKETS, registry=r)
         self.shadow = Counter("shipyard_shadow_comparisons", "Shadow answers compared with the primary's.",
                               ["model", "version", "shadow", "outcome"], registry=r)
+        self.ttft = Histogram("shipyard_time_to_first_token_seconds",
+                              "Time from a generation request's submission to its first token.",
+                              ["model", "version"], buckets=TTFT_BUCKETS, registry=r)
+        self.itl = Histogram("shipyard_inter_token_latency_seconds",
+                             "Gap between a generation request's successive engine steps (one token each).",
+                             ["model", "version"], buckets=ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("shipyard_generation_duration_seconds",
+                             "Time from a generation request's submission to its last token.",
+                             ["model", "version"], buckets=E2E_BUCKETS, registry=r)
+        self.generations = Counter("shipyard_generation_requests", "Generation requests ended, by outcome "
+                                   "(finished, cancelled, failed).", ["model", "version", "outcome"], registry=r)
+        self.prompt_tokens = Counter("shipyard_prompt_tokens", "Prompt tokens of generation requests.",
+                                     ["model", "version"], registry=r)
+        self.generated_tokens = Counter("shipyard_generated_tokens", "Tokens generated (all sequences).",
+                                        ["model", "version"], registry=r)
         ProcessCollector(registry=r)
         r.register(_LiveState(manager))  # type: ignore[arg-type]
         self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
@@ -146,9 +193,40 @@ class Metrics:
 
         return observe
 
+    def generation_observer(self, model: str, version: int) -> GenerationObserver:
+        """What a generation engine's streams report to (a `shipyard.generate.Observer`)."""
+        return GenerationObserver(self, model, str(version))
+
     def forget(self, model: str) -> None:
         """Drop cached children of an unloaded model (their series stay, with their last values)."""
         self._children = {k: v for k, v in self._children.items() if k[0] != model}
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class GenerationObserver:
+    """One model version's generation metrics, its labelled children looked up once."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        labels = (model, version)
+        self._ttft = metrics.ttft.labels(*labels)
+        self._itl = metrics.itl.labels(*labels)
+        self._e2e = metrics.e2e.labels(*labels)
+        self._prompt = metrics.prompt_tokens.labels(*labels)
+        self._generated = metrics.generated_tokens.labels(*labels)
+        self._outcomes = {o: metrics.generations.labels(*labels, o) for o in ("finished", "cancelled", "failed")}
+
+    def first_token(self, prompt_tokens: int, tokens: int, seconds: float) -> None:
+        self._prompt.inc(prompt_tokens)  # counted once prefilled, so its rate() is prefill throughput
+        self._generated.inc(tokens)
+        self._ttft.observe(seconds)
+
+    def next_tokens(self, tokens: int, gap: float) -> None:
+        self._generated.inc(tokens)
+        self._itl.observe(gap)
+
+    def finished(self, outcome: str, seconds: float) -> None:
+        self._outcomes[outcome].inc()
+        if outcome == "finished":
+            self._e2e.observe(seconds)

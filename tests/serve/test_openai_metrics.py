@@ -1,0 +1,117 @@
+"""Generation metrics on /metrics: the official `openai` client talks to a real server (whole and
+streamed, completions and chat), then the scrape must count exactly what the client received."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shipyard.repository import Repository
+from shipyard.runtimes.importer import import_model
+from tests.fixtures import ServerProcess
+
+GREEDY: dict[str, Any] = {"temperature": 0, "extra_body": {"ignore_eos": True}}
+CHAT = [{"role": "user", "content": "write a function"}]
+
+
+@pytest.fixture(scope="module")
+def server(lm_folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server of its own, so no other test's requests are in the counts."""
+    base = tmp_path_factory.mktemp("openai-metrics")
+    repo = Repository(base / "repo")
+    import_model(repo, lm_folders["gpt2-long"], "lm")
+    server = ServerProcess(repo.root, "--kv-cache-mb", "8")
+    yield server
+    assert server.stop() == 0, server.output()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of model `lm`: (sample name, other labels) -> value."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("model", "version")))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples if s.labels.get("model") == "lm"}
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_histograms_and_token_counters_match_what_the_client_got(server: ServerProcess,
+                                                                 client: openai.OpenAI) -> None:
+    usages: list[tuple[int, int, int]] = []  # (engine requests, prompt tokens, completion tokens)
+    r = client.completions.create(model="lm", prompt="def add(a, b):", max_tokens=5, **GREEDY)
+    two = client.completions.create(model="lm", prompt=["import", "class Foo:"], max_tokens=3, **GREEDY)
+    chat = client.chat.completions.create(model="lm", messages=CHAT, max_tokens=4, **GREEDY)  # type: ignore[arg-type]
+    for answer, engine_requests in ((r, 1), (two, 2), (chat, 1)):
+        assert answer.usage is not None
+        usages.append((engine_requests, answer.usage.prompt_tokens, answer.usage.completion_tokens))
+    usage_too: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}, **GREEDY}
+    streamed = [list(client.completions.create(model="lm", prompt="for i in", max_tokens=7, **usage_too)),
+                list(client.chat.completions.create(model="lm", messages=CHAT, max_tokens=6,  # type: ignore[arg-type]
+                                                    **usage_too))]
+    for chunks in streamed:
+        u = chunks[-1].usage
+        assert u is not None
+        usages.append((1, u.prompt_tokens, u.completion_tokens))
+    requests, prompt, completion = (sum(col) for col in zip(*usages, strict=True))
+    assert (requests, completion) == (6, 5 + 6 + 4 + 7 + 6)
+
+    m = scrape(server)
+    assert value(m, "shipyard_time_to_first_token_seconds_count") == requests
+    # One gap per token after the first (n=1: one token per engine step).
+    assert value(m, "shipyard_inter_token_latency_seconds_count") == completion - requests
+    assert value(m, "shipyard_generation_duration_seconds_count") == requests
+    assert value(m, "shipyard_generation_requests_total", outcome="finished") == requests
+    assert value(m, "shipyard_generation_requests_total", outcome="cancelled") == 0
+    assert value(m, "shipyard_generated_tokens_total") == completion
+    assert value(m, "shipyard_prompt_tokens_total") == prompt
+    ttft = value(m, "shipyard_time_to_first_token_seconds_sum")
+    assert 0 < ttft < value(m, "shipyard_generation_duration_seconds_sum")
+    # Buckets are cumulative and the +Inf one is the count.
+    assert value(m, "shipyard_time_to_first_token_seconds_bucket", le="+Inf") == requests
+    assert value(m, "shipyard_inter_token_latency_seconds_bucket", le="0.001") <= \
+        value(m, "shipyard_inter_token_latency_seconds_bucket", le="10.0") == completion - requests
+    # Nothing runs now: the batch and queue are empty and every KV block is back.
+    assert value(m, "shipyard_running_sequences") == 0 and value(m, "shipyard_waiting_requests") == 0
+    assert value(m, "shipyard_kv_cache_blocks", state="used") == 0
+    assert value(m, "shipyard_kv_cache_blocks", state="free") > 0
+    assert value(m, "shipyard_preemptions_total") == 0  # 8 MiB is room enough for these
+
+
+def test_a_client_that_leaves_is_counted_as_cancelled(server: ServerProcess) -> None:
+    before = scrape(server)
+    body = {"model": "lm", "prompt": "def", "max_tokens": 4000, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as r:
+        events = 0
+        for line in r.iter_lines():
+            events += line.startswith("data: ")
+            if events == 3:
+                break
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = scrape(server)
+        if value(after, "shipyard_generation_requests_total", outcome="cancelled") > 0:
+            break
+        time.sleep(0.05)
+    assert value(after, "shipyard_generation_requests_total", outcome="cancelled") == 1
+    assert value(after, "shipyard_time_to_first_token_seconds_count") == \
+        value(before, "shipyard_time_to_first_token_seconds_count") + 1
+    generated = value(after, "shipyard_generated_tokens_total") - value(before, "shipyard_generated_tokens_total")
+    assert 2 <= generated < 4000  # what was streamed before it left, not the 4,000 it asked for
+    # Only finished requests have an end-to-end time.
+    assert value(after, "shipyard_generation_duration_seconds_count") == \
+        value(before, "shipyard_generation_duration_seconds_count")
