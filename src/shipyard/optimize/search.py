@@ -118,7 +118,7 @@ class _Evaluator:
         ctx = Context(workdir=folder, threads=self.threads, eval_data=ev, calibration=cal, train=tr)
         start = next((i for i in range(len(steps), 0, -1) if _key(steps[:i]) in self.built), 0)
         artifact = self.built[_key(steps[:start])] if start else load_artifact(self.repo, self.parent, folder)
-        recipe = parse_recipe(steps)
+        recipe = parse_recipe(steps) if steps else []
         for i in range(start, len(steps)):
             try:
                 artifact = apply_recipe(artifact, recipe[i:i + 1], ctx)
