@@ -15,9 +15,10 @@ from shipyard.repository import Repository
 from tests.optimize.conftest import FAST, token_data
 from tests.optimize.test_presets import _run_published
 
-# Stated bound: the half-width digits student stays within 1.5 accuracy points of its teacher
-# (the issue's target for a distilled digits student); measured 1.1 points with the preset's defaults.
+# Stated bounds, the issue's targets for a distilled digits student: at least 4x fewer parameters
+# than the teacher, within 1.5 accuracy points (measured: 4.03x, half a point better than the teacher).
 MAX_DROP = 0.015
+MIN_RATIO = 4.0
 
 
 def tiny_student() -> nn.Module:
@@ -30,12 +31,17 @@ def test_distill_half_publishes_a_smaller_student(digits_copy: Repository) -> No
     m = result.manifest
     assert m.version == 3 and m.format == "onnx" and m.lineage.parent == 1
     assert [s["pass"] for s in m.lineage.recipe] == ["distill", "export"]
-    assert m.lineage.recipe[0]["width"] == 0.5 and m.lineage.recipe[0]["student"] == "narrow"
+    assert m.lineage.recipe[0]["parameter_ratio"] == 0.25 and m.lineage.recipe[0]["student"] == "narrow"
     rows = {r["role"]: r["metrics"] for r in result.report["rows"]}
-    assert rows["new"]["parameters"] * 3.5 < rows["parent"]["parameters"]
+    assert rows["new"]["parameters"] * MIN_RATIO <= rows["parent"]["parameters"]
     assert rows["parent"]["accuracy"] - rows["new"]["accuracy"] <= MAX_DROP
     facts = result.report["facts"]["distill"]
-    assert facts["channels"] == {"features.0": [16, 8], "features.2": [32, 16], "head.1": [128, 64]}
+    # Half of every layer leaves 3.9x fewer parameters (the input and the 10 classes cannot shrink),
+    # so the width was lowered just enough: one channel more in the widest layer breaks the ratio.
+    assert 0.45 < facts["width"] < 0.5
+    assert facts["channels"]["features.0"] == [16, 8] and facts["channels"]["head.1"][1] < 64
+    assert facts["parameters_teacher"] / facts["parameters_student"] >= MIN_RATIO
+    assert any("parameter_ratio 0.25" in n for n in result.report["notes"])
     assert facts["history"][-1]["train_loss"] < facts["history"][0]["train_loss"]
     assert any("shipyard.train" in n for n in result.report["notes"])
     # The published ONNX file is the student: it really runs and scores what the report says.
@@ -92,6 +98,10 @@ def test_shallow_student_of_a_transformer(tiny_copy: Repository) -> None:
     ({"student": "wide"}, r"student 'wide' is not 'narrow', 'shallow' or 'package.module:factory'"),
     ({"student": "shallow"}, r"'shallow' \(fewer blocks\) works on transformers"),
     ({"student": "no.such.module:make"}, r"student 'no.such.module:make' is not .* importable"),
+    ({"parameter_ratio": 1.5}, r"parameter_ratio: Input should be less than 1"),
+    ({"parameter_ratio": 0.3, "student": "tests.optimize.test_distill:tiny_student"},
+     r"parameter_ratio sizes a 'narrow' student, but student is 'tests.optimize.test_distill:tiny_student'"),
+    ({"parameter_ratio": 0.3, "width": 0.5, "min_width": 0.6}, r"min_width 0.6 is above width 0.5"),
 ])
 def test_bad_distill_config_publishes_nothing(digits_copy: Repository, fields: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
@@ -107,3 +117,14 @@ def test_distill_without_train_data_says_how_to_give_it(digits_copy: Repository)
     with pytest.raises(InvalidInput, match=r"distill \(derived student\)' works on torch models"):
         optimize(digits_copy.root, "digits:2", preset_name="distill-half", **FAST)
     assert digits_copy.versions("digits") == [1, 2]
+
+
+def test_parameter_ratio_out_of_reach_keeps_the_width_and_says_so(digits_copy: Repository) -> None:
+    # At the narrowest width tried (a quarter) the digits student still has 6.7% of the teacher's
+    # parameters: a 1% ratio cannot be met, and squeezing further would leave a useless model.
+    step = {"pass": "distill", "parameter_ratio": 0.01, "epochs": 1, "max_samples": 64}
+    result = optimize(digits_copy.root, "digits:1", recipe=[step], **FAST)
+    facts = result.report["facts"]["distill"]
+    assert facts["width"] == 0.5 and facts["channels"]["head.1"] == [128, 64]
+    assert any("parameter_ratio 0.01 is out of reach" in n and "min_width 0.25" in n
+               for n in result.report["notes"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ import pytest
 from shipyard.errors import InvalidInput
 from shipyard.optimize.data import Dataset
 from shipyard.optimize.runner import optimize
-from shipyard.optimize.search import Candidate, search
+from shipyard.optimize.recipe import PRESETS, preset
+from shipyard.optimize.search import Candidate, candidates, search
 from shipyard.repository import Repository
 from tests.cli.test_cli import fails, shipyard
 from tests.fixtures import digits_test
@@ -95,3 +97,46 @@ def test_cli_optimize_preset_recipe_and_errors(digits_copy: Repository, tmp_path
     assert "--eval file nope.npz does not exist" in line
     shown = shipyard("models", "show", "digits:4", "-r", root)
     assert "prune-unstructured(amount=0.8)" in shown.stdout and "quantize(mode=static" in shown.stdout
+
+
+def test_candidates_include_every_preset_and_smaller_models_plus_int8() -> None:
+    cands = candidates("torch", True, "latency")
+    by_steps = {json.dumps(c.steps, sort_keys=True): c.label for c in cands}
+    for name in PRESETS:  # so the winner is measured against each preset in the same process
+        steps = [c.record() for c in preset(name, "torch", True)]
+        assert by_steps.get(json.dumps(steps, sort_keys=True)) == name, name
+    labels = [c.label for c in cands]
+    for combo in ("prune-structured-50 + int8-static", "prune-structured-50 + int8-dynamic",
+                  "distill-half + int8-static", "distill-half + int8-dynamic"):
+        assert combo in labels
+    combo = next(c for c in cands if c.label == "distill-half + int8-static")
+    assert [s["pass"] for s in combo.steps] == ["distill", "export", "quantize"]
+    # Nothing to train on: no distillation. An ONNX source: only what works on ONNX.
+    assert not any(s["pass"] == "distill" for c in candidates("torch", False, "latency") for s in c.steps)
+    onnx = candidates("onnx", True, "size")
+    assert {s["pass"] for c in onnx for s in c.steps} == {"quantize"}
+    assert {"int8-static", "int8-dynamic", "fp16"} <= {c.label for c in onnx}
+
+
+def test_candidates_sharing_a_prefix_train_it_once(digits_copy: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shipyard.train
+
+    calls: list[Any] = []
+    real = shipyard.train.fit
+
+    def spy(config: Any, **kw: Any) -> Any:
+        calls.append(config)
+        return real(config, **kw)
+
+    monkeypatch.setattr(shipyard.train, "fit", spy)
+    student = [{"pass": "distill", "parameter_ratio": 0.25, "epochs": 1, "max_samples": 128}, {"pass": "export"}]
+    cands = [Candidate("student", student),
+             Candidate("student + int8-static", [*student, {"pass": "quantize", "mode": "static"}]),
+             Candidate("student + int8-dynamic", [*student, {"pass": "quantize", "mode": "dynamic"}])]
+    result, tried = search(digits_copy.root, "digits:1", max_accuracy_drop=100, candidate_list=cands, **FAST)
+    assert all(c.error is None for c in tried), [c.error for c in tried]
+    # One distillation for the three candidates, one more to publish the winner from the recipe.
+    assert len(calls) == 2
+    sizes = {c.label: c.metrics["size_bytes"] for c in tried}
+    assert sizes["student + int8-static"] < 0.5 * sizes["student"]  # the int8 candidates really quantized
+    assert result.manifest.lineage.recipe[0]["pass"] == "distill"

@@ -30,13 +30,17 @@ PRESETS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "int8-static": ("ONNX Runtime static int8 QDQ, per-channel weights, MinMax calibration",
                     [{"pass": "quantize", "mode": "static", "calibration": "minmax"}]),
     "fp16": ("fp16 weights and math (a size option on CPUs)", [{"pass": "quantize", "mode": "fp16"}]),
-    "prune-structured-50": ("remove half the channels / heads / FFN neurons; fine-tune when --train is given",
-                            [{"pass": "prune-structured", "amount": 0.5}]),
+    "prune-structured-50": ("remove half the channels / heads / FFN neurons; fine-tune when --train is given; "
+                            "then export to ONNX, which serves a small model several times faster than torch",
+                            [{"pass": "prune-structured", "amount": 0.5}, {"pass": "export", "format": "onnx"}]),
     "lowrank-90": ("truncated SVD of Linear layers keeping 90% of the spectral energy, where it saves FLOPs",
                    [{"pass": "low-rank", "energy": 0.9}]),
-    "distill-half": ("distill a half-width student (half the channels of every conv/linear layer, or heads and "
-                     "FFN neurons) from the model on --train data, then export it to ONNX",
-                     [{"pass": "distill", "student": "narrow", "width": 0.5}, {"pass": "export", "format": "onnx"}]),
+    "distill-half": ("distill a half-width student (at most half the channels of every conv/linear layer, or heads "
+                     "and FFN neurons, narrowed further until it has at most a quarter of the teacher's "
+                     "parameters) from the model on --train data, then export it to ONNX",
+                     [{"pass": "distill", "student": "narrow", "width": 0.5, "parameter_ratio": 0.25,
+                       "epochs": 15, "lr": 5e-3},
+                      {"pass": "export", "format": "onnx"}]),
     "int8-weight-only": ("int8 per-channel weights for Linear layers, fp32 activations (causal LMs, PyTorch models)",
                          [{"pass": "weight-only", "bits": 8}]),
     "int4-weight-only": ("int4 group-wise (128) weights for Linear layers, fp32 activations",
@@ -86,7 +90,9 @@ def preset(name: str, source_kind: str, has_train: bool = False) -> Recipe:
         raise InvalidInput(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
     steps = [dict(s) for s in PRESETS[name][1]]
     if name == "prune-structured-50" and has_train:
-        steps[0]["fine_tune_epochs"] = 10
+        # Cosine decay from 3e-3 over 10 epochs: measured on digits, it recovers the pruned CNN to
+        # within a few tenths of a point of its parent (1e-3 left it 0.8 points behind).
+        steps[0].update(fine_tune_epochs=10, lr=3e-3)
     if source_kind == "torch" and steps[0]["pass"] in ONNX_PASSES:
         steps.insert(0, {"pass": "export", "format": "onnx"})
     return parse_recipe(steps)

@@ -10,6 +10,7 @@ published through the normal runner, so it gets the same report and lineage as a
 from __future__ import annotations
 
 import gc
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -21,11 +22,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shipyard.errors import InvalidInput
-from shipyard.optimize.artifact import load_artifact
+from shipyard.optimize.artifact import Artifact, load_artifact
 from shipyard.optimize.data import DataSpec
 from shipyard.optimize.measure import measure
 from shipyard.optimize.passes import Context
-from shipyard.optimize.recipe import parse_recipe
+from shipyard.optimize.recipe import ONNX_PASSES, PRESETS, parse_recipe, preset
 from shipyard.optimize.runner import Result, apply_recipe, optimize, resolve_data, save_artifact
 from shipyard.repository import Repository, parse_ref
 
@@ -45,26 +46,51 @@ class Candidate:
 
 
 def candidates(kind: str, has_train: bool, objective: str) -> list[Candidate]:
-    onnx = [] if kind == "onnx" else [{"pass": "export", "format": "onnx"}]
-    ft = {"fine_tune_epochs": 10} if has_train else {}
-    out = [
-        Candidate("int8-static (minmax)", [*onnx, {"pass": "quantize", "mode": "static", "calibration": "minmax"}]),
-        Candidate("int8-static (entropy)", [*onnx, {"pass": "quantize", "mode": "static", "calibration": "entropy"}]),
-        Candidate("int8-dynamic", [*onnx, {"pass": "quantize", "mode": "dynamic"}]),
+    """Every preset that applies to this source, so the winner is measured against each of them in
+    the same process, plus what no single preset does: other amounts and calibrations, and a smaller
+    model (pruned or distilled) followed by int8. Both objectives see the same list: which candidate
+    is fastest or smallest here is a measurement, not an assumption (fp16 math, for one, is fast on
+    some CPUs and slow on others)."""
+    del objective
+
+    def steps_of(name: str) -> list[dict[str, Any]]:
+        return [c.record() for c in preset(name, kind, has_train)]
+
+    out: list[Candidate] = []
+    for name in PRESETS:
+        if kind == "onnx" and not _onnx_only(name):
+            continue  # pruning, distillation, low-rank and weight-only need the PyTorch model
+        steps = steps_of(name)
+        if not has_train and any(s["pass"] == "distill" for s in steps):
+            continue  # nothing to train a student on
+        out.append(Candidate(name, steps))
+    onnx: list[dict[str, Any]] = [] if kind == "onnx" else [{"pass": "export", "format": "onnx"}]
+    out.insert(2, Candidate("int8-static (entropy)", [*onnx, {"pass": "quantize", "mode": "static",
+                                                               "calibration": "entropy"}]))
+    if kind != "torch":
+        return out
+    static, dynamic = {"pass": "quantize", "mode": "static"}, {"pass": "quantize", "mode": "dynamic"}
+    half = steps_of("prune-structured-50")
+    quarter = [{**half[0], "amount": 0.25}, *half[1:]]
+    out += [
+        Candidate("prune-structured-25", quarter),
+        Candidate("prune-structured-25 + int8-static", [*quarter, static]),
+        Candidate("prune-structured-50 + int8-static", [*half, static]),
+        Candidate("prune-structured-50 + int8-dynamic", [*half, dynamic]),
     ]
-    if objective == "size":
-        out.append(Candidate("fp16", [*onnx, {"pass": "quantize", "mode": "fp16"}]))
-    if kind == "torch":
-        out += [
-            Candidate("prune-structured-25", [{"pass": "prune-structured", "amount": 0.25, **ft}, *onnx]),
-            Candidate("prune-structured-50", [{"pass": "prune-structured", "amount": 0.5, **ft}, *onnx]),
-            Candidate("prune-structured-50 + int8-static", [{"pass": "prune-structured", "amount": 0.5, **ft}, *onnx,
-                                                            {"pass": "quantize", "mode": "static"}]),
-            Candidate("prune-structured-25 + int8-static", [{"pass": "prune-structured", "amount": 0.25, **ft}, *onnx,
-                                                            {"pass": "quantize", "mode": "static"}]),
-            Candidate("lowrank-90", [{"pass": "low-rank", "energy": 0.9}, *onnx]),
-        ]
+    if has_train:
+        student = steps_of("distill-half")
+        out += [Candidate("distill-half + int8-static", [*student, static]),
+                Candidate("distill-half + int8-dynamic", [*student, dynamic])]
     return out
+
+
+def _onnx_only(name: str) -> bool:
+    return all(step["pass"] in ONNX_PASSES for step in PRESETS[name][1])
+
+
+def _key(steps: list[dict[str, Any]]) -> str:
+    return json.dumps(steps, sort_keys=True)
 
 
 class _Evaluator:
@@ -73,6 +99,11 @@ class _Evaluator:
         self.repo, self.parent, self.data, self.threads, self.budget_s = repo, parent, data, threads, budget_s
         self.workdir = workdir
         self.count = 0
+        # ONNX artifacts already built, by the recipe prefix that made them. ONNX passes write new
+        # files, so later steps can start from one; torch modules are edited in place by some
+        # passes, so they are rebuilt. This runs a distillation or a fine-tune once, not once for
+        # every candidate (and every fallback trial) that starts with it.
+        self.built: dict[str, Artifact] = {}
         ev = data[0]
         base = repo.path(parent.name, parent.version)
         self.parent_metrics, preds = measure(base, parent.format, parent.signature, ev, threads, None,
@@ -81,15 +112,30 @@ class _Evaluator:
         if self.reference is not None:
             self.parent_metrics["accuracy"] = 1.0
 
+    def build(self, steps: list[dict[str, Any]], folder: Path) -> Artifact:
+        """The artifact `steps` make from the parent, from the longest prefix built before."""
+        ev, cal, tr = self.data
+        ctx = Context(workdir=folder, threads=self.threads, eval_data=ev, calibration=cal, train=tr)
+        start = next((i for i in range(len(steps), 0, -1) if _key(steps[:i]) in self.built), 0)
+        artifact = self.built[_key(steps[:start])] if start else load_artifact(self.repo, self.parent, folder)
+        recipe = parse_recipe(steps) if steps else []
+        for i in range(start, len(steps)):
+            try:
+                artifact = apply_recipe(artifact, recipe[i:i + 1], ctx)
+            except InvalidInput as e:  # apply_recipe numbered the one step it saw as step 1
+                raise InvalidInput(e.message.replace("step 1 (", f"step {i + 1} (", 1)) from None
+            if artifact.kind == "onnx":
+                self.built[_key(steps[:i + 1])] = artifact
+        return artifact
+
     def run(self, cand: Candidate) -> Candidate:
         self.count += 1
         folder = self.workdir / f"c{self.count}"
         (folder / "out").mkdir(parents=True)
-        ev, cal, tr = self.data
-        ctx = Context(workdir=folder, threads=self.threads, eval_data=ev, calibration=cal, train=tr)
+        ev = self.data[0]
+        ctx = Context(workdir=folder, threads=self.threads, eval_data=ev)
         try:
-            artifact = load_artifact(self.repo, self.parent, folder)
-            artifact = apply_recipe(artifact, parse_recipe(cand.steps), ctx)
+            artifact = self.build(cand.steps, folder)
             fmt, extra = save_artifact(artifact, folder / "out", ctx)
             del artifact
             gc.collect()  # sessions left by the passes (ORT's calibrator) must not hold threads now
@@ -111,14 +157,13 @@ def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress,
              tried: list[Candidate]) -> Candidate | None:
     """Keep the layers that hurt accuracy most in fp32 until the candidate fits the budget."""
     quant_at = next(i for i, s in enumerate(cand.steps) if s["pass"] == "quantize")
-    with tempfile.TemporaryDirectory() as tmp:  # the graph the quantizer sees, to name its layers
-        ctx = Context(workdir=Path(tmp), threads=ev.threads, eval_data=ev.data[0])
-        art = load_artifact(ev.repo, ev.parent, Path(tmp))
-        if quant_at:
-            art = apply_recipe(art, parse_recipe(cand.steps[:quant_at]), ctx)
-        if art.onnx_path is None:
-            return None
-        layers = _weighted_nodes(art.onnx_path)
+    ev.count += 1
+    folder = ev.workdir / f"c{ev.count}"
+    folder.mkdir(parents=True)
+    art = ev.build(cand.steps[:quant_at], folder)  # the graph the quantizer sees, to name its layers
+    if art.onnx_path is None:
+        return None
+    layers = _weighted_nodes(art.onnx_path)
     harm: list[tuple[float, str]] = []
     for layer in layers:
         progress.update(task, description=f"fallback: sensitivity of {layer}")

@@ -8,7 +8,10 @@ data). The student is either derived from the teacher or given:
 - `student: narrow` (default): the teacher with a fraction `width` of its channels kept in every
   conv/linear layer whose outputs can be removed (the structured-pruning graph surgery), or of its
   attention heads and FFN neurons for transformers. It starts from the teacher's strongest channels
-  (L1 magnitude) unless `init: random`, which is a much better start than random weights;
+  (L1 magnitude) unless `init: random`, which is a much better start than random weights. With
+  `parameter_ratio`, the width is lowered (bisection on the real parameter count) until the student
+  has at most that fraction of the teacher's parameters: halving every layer does not quarter the
+  count, because the first layer's inputs and the last layer's outputs cannot shrink;
 - `student: shallow`: transformers only, keep `layers` evenly spaced blocks (DistilBERT-style);
 - `student: package.module:factory`: a zero-argument factory returning an `nn.Module` that takes the
   model's inputs by position and returns logits of the teacher's shape (works for ONNX teachers too).
@@ -40,6 +43,11 @@ class Distill(PassConfig):
     student: str = Field("narrow", description="'narrow' (fewer channels/heads/neurons), 'shallow' "
                          "(transformers: fewer blocks), or 'package.module:factory' returning an nn.Module.")
     width: float = Field(0.5, gt=0.0, le=1.0, description="narrow: fraction of channels (heads, FFN neurons) kept per layer.")
+    parameter_ratio: float | None = Field(None, gt=0.0, lt=1.0, description="narrow: the student has at "
+                                          "most this fraction of the teacher's parameters (0.25: 4x fewer); "
+                                          "the width is lowered below `width` (down to min_width) until it holds.")
+    min_width: float = Field(0.25, gt=0.0, le=1.0, description="narrow with parameter_ratio: the narrowest "
+                             "width tried; where the ratio needs less, the student keeps `width` and the report says so.")
     layers: int | None = Field(None, ge=1, le=1000, description="shallow: transformer blocks kept (default: half).")
     init: Literal["teacher", "random"] = Field("teacher", description="Derived students: start from the "
                       "teacher's strongest weights ('teacher') or from fresh random weights ('random').")
@@ -103,9 +111,9 @@ def _copy(module: Any) -> Any:
         return copy.deepcopy(module)
 
 
-def _narrow(artifact: Artifact, config: Distill, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
+def _narrow(artifact: Artifact, width: float, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
     module = _copy(artifact.module)
-    amount = 1.0 - config.width
+    amount = 1.0 - width
     if artifact.is_transformers:
         facts = prune_transformer(module, amount, amount, ctx)
     elif graph.is_graph(module):
@@ -117,7 +125,7 @@ def _narrow(artifact: Artifact, config: Distill, ctx: Context) -> tuple[nn.Modul
         channels: dict[str, list[int]] = {}
         for g in groups:
             scores = graph.channel_scores(module, g)
-            keep_n = max(1, round(len(scores) * config.width))
+            keep_n = max(1, round(len(scores) * width))
             keep = torch.sort(torch.topk(scores, keep_n).indices).values
             graph.remove_channels(module, g, keep)
             channels[g.name] = [len(scores), keep_n]
@@ -127,6 +135,38 @@ def _narrow(artifact: Artifact, config: Distill, ctx: Context) -> tuple[nn.Modul
         raise InvalidInput(f"pass 'distill' cannot derive a student from a {type(module).__name__}; "
                            "publish the model as torch.export first, or give student: package.module:factory")
     return module, facts
+
+
+def solve_width(artifact: Artifact, config: Distill, ctx: Context) -> float:
+    """The largest width in [min_width, width] whose narrow student has at most `parameter_ratio` of
+    the teacher's parameters. The count is a step function of the width that never decreases (each
+    layer keeps round(n * width) channels), so bisection finds the edge. Where even `min_width` is
+    over the ratio (transformers: the embeddings cannot narrow), the student keeps `width` and the
+    report says the ratio was out of reach, rather than being squeezed into a useless model."""
+    if config.parameter_ratio is None:
+        return config.width
+    teacher = _params(artifact.module)
+    limit = config.parameter_ratio * teacher
+    scratch = Context(workdir=ctx.workdir, threads=ctx.threads)  # trial notes are not the report's
+
+    def count(width: float) -> int:
+        return _params(_narrow(artifact, width, scratch)[0])
+
+    if count(config.width) <= limit:
+        return config.width
+    lo, hi = config.min_width, config.width
+    floor = count(lo)
+    if floor > limit:
+        ctx.note(f"distill: parameter_ratio {config.parameter_ratio} is out of reach for this model: even at "
+                 f"min_width {lo} the student keeps {floor / teacher:.0%} of the teacher's parameters (layers "
+                 f"that cannot narrow, such as embeddings, keep theirs); the student keeps width {config.width}")
+        return config.width
+    for _ in range(14):  # 2^-14 of the width: finer than one channel of any layer up to 16k wide
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if count(mid) <= limit else (lo, mid)
+    ctx.note(f"distill: width {lo:.3f} (not {config.width}) keeps the student within parameter_ratio "
+             f"{config.parameter_ratio} of the teacher's {teacher} parameters")
+    return lo
 
 
 def _shallow(artifact: Artifact, config: Distill) -> tuple[nn.Module, dict[str, Any]]:
@@ -193,9 +233,20 @@ def distill(artifact: Artifact, config: Distill, ctx: Context) -> Artifact:
     derived = ":" not in config.student
     if derived and config.student not in ("narrow", "shallow"):
         raise InvalidInput(f"pass 'distill': student {config.student!r} is not 'narrow', 'shallow' or 'package.module:factory'")
+    if config.min_width > config.width:
+        raise InvalidInput(f"pass 'distill': min_width {config.min_width} is above width {config.width}; "
+                           "min_width is the narrowest the parameter_ratio search may go, so keep it <= width")
+    if config.parameter_ratio is not None and config.student != "narrow":
+        raise InvalidInput(f"pass 'distill': parameter_ratio sizes a 'narrow' student, but student is "
+                           f"{config.student!r}; drop parameter_ratio or use student: narrow")
     if derived:
         artifact.require("torch", "distill (derived student)")
-        raw, facts = _narrow(artifact, config, ctx) if config.student == "narrow" else _shallow(artifact, config)
+        if config.student == "narrow":
+            width = solve_width(artifact, config, ctx)
+            raw, facts = _narrow(artifact, width, ctx)
+            facts["width"] = width
+        else:
+            raw, facts = _shallow(artifact, config)
         if config.init == "random":
             _reinit(raw, config.seed)
         student: nn.Module = Student(artifact, raw)

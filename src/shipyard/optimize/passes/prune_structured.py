@@ -25,7 +25,7 @@ class PruneStructured(PassConfig):
     heads: float | None = Field(None, ge=0.0, lt=1.0, description="Transformers: fraction of attention heads removed per layer (default: amount).")
     ffn: float | None = Field(None, ge=0.0, lt=1.0, description="Transformers: fraction of FFN neurons removed per layer (default: amount).")
     fine_tune_epochs: int = Field(0, ge=0, le=1000, description="Epochs of fine-tuning on --train data after pruning (0: none).")
-    lr: float = Field(1e-3, gt=0, le=1.0, description="Fine-tuning learning rate (AdamW).")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="Fine-tuning peak learning rate (AdamW, cosine decay to 0).")
     batch_size: int = Field(64, ge=1, le=65536, description="Fine-tuning batch size.")
 
 
@@ -63,6 +63,10 @@ def fine_tune(artifact: Artifact, config: PruneStructured, ctx: Context) -> dict
         p.requires_grad_(True)
     call = torch_forward(artifact)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
+    # Cosine decay to zero: the last epochs settle in a minimum instead of bouncing around it at
+    # the full rate, which is worth a few tenths of a point on a small test set.
+    steps = config.fine_tune_epochs * -(-len(data.labels) // config.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
     gen = torch.Generator().manual_seed(ctx.seed)
     inputs = {k: torch.from_numpy(v) for k, v in data.inputs.items()}
     labels = torch.from_numpy(data.labels).long()
@@ -79,6 +83,7 @@ def fine_tune(artifact: Artifact, config: PruneStructured, ctx: Context) -> dict
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         last = total / count
