@@ -58,3 +58,37 @@ def test_export_to_torch_export_checks_parity(tiny_copy: Repository) -> None:
     assert result.manifest.format == "torch-export"
     assert result.report["facts"]["parity"][0]["max_abs_diff"] < 1e-4
     assert result.report["rows"][-1]["metrics"]["agreement"] == 1.0
+
+
+def test_pruned_gpt2_counts_its_tied_embedding_once(tiny_copy: Repository) -> None:
+    result = optimize(tiny_copy.root, "gpt2:1", preset_name="prune-structured-50", eval_data=token_data(), **FAST)
+    parent, new = (r["metrics"] for r in (result.report["rows"][0], result.report["rows"][-1]))
+    # Per layer (n_embd 32, head_dim 8): c_attn loses 48 rows (+bias), attn c_proj 16 columns, c_fc 64
+    # rows (+bias), mlp c_proj 64 columns. lm_head is the token embedding: counted once, as v1's.
+    removed = 2 * ((48 * 32 + 48) + 16 * 32 + (64 * 32 + 64) + 64 * 32)
+    assert new["parameters"] == parent["parameters"] - removed
+
+
+def test_lowrank_leaves_a_tied_lm_head_whole(tiny_copy: Repository) -> None:
+    result = optimize(tiny_copy.root, "gpt2:1", recipe=[{"pass": "low-rank", "ratio": 0.25}],
+                      eval_data=token_data(), **FAST)
+    facts = result.report["facts"]["low_rank"]
+    assert facts["tied"] == ["lm_head"] and "lm_head" not in facts["factored"]
+    assert any("tied to another layer" in n for n in result.report["notes"])
+    parent, new = (r["metrics"] for r in (result.report["rows"][0], result.report["rows"][-1]))
+    assert new["parameters"] < parent["parameters"]
+
+
+def test_versions_are_timed_side_by_side(tiny_copy: Repository) -> None:
+    from shipyard.optimize.measure import measure_side_by_side
+
+    data = token_data()
+    bert = tiny_copy.manifest("bert", 1)
+    folder = tiny_copy.path("bert", 1)
+    got = measure_side_by_side({"a": (folder, bert.format, bert.extra), "b": (folder, bert.format, bert.extra)},
+                               bert.signature, data, threads=1, reference_key="a", budget_s=0.05, rounds=3)
+    for k in ("a", "b"):
+        assert got[k]["agreement"] == 1.0
+        assert got[k]["latency_b1_p50_ms"] > 0 and got[k]["latency_b32_p50_ms"] > 0
+        assert got[k]["latency_b1_p99_ms"] >= got[k]["latency_b1_p50_ms"]
+    assert got["a"]["size_bytes"] == got["b"]["size_bytes"]
