@@ -65,6 +65,18 @@ def build_transformer(kind: str, small: bool, folder: Path) -> Any:
     return model
 
 
+def publish_transformer(repo: Any, folder: Path, name: str) -> None:
+    """Publish as hf-transformers (input_ids -> logits). A tokenizer-less GPT-2 folder is refused by
+    the importer, which hands LM folders to the causal-LM (generation) runtime; optimize measures the
+    tensor form here."""
+    from shipyard.repository import Lineage
+    from shipyard.runtimes import REGISTRY, RuntimeOptions
+
+    cls, options = REGISTRY["hf-transformers"], RuntimeOptions()
+    with repo.publish(name, cls.format, cls.inspect(folder, options), Lineage(source=str(folder))) as stage:
+        stage.extra.update(cls.stage(folder, stage.path, options))
+
+
 def torch_eager(model: Any, inputs: dict[str, np.ndarray], budget: float, batch_sizes: tuple[int, ...]) -> dict[str, float]:
     import torch
 
@@ -182,12 +194,10 @@ def bench_transformer(kind: str, repo_root: Path, small: bool, budget: float, se
 
     from shipyard.optimize.runner import optimize
     from shipyard.repository import Repository
-    from shipyard.runtimes.importer import import_model
 
     folder = repo_root.parent / f"{kind}-src"
     model = build_transformer(kind, small, folder)
-    repo = Repository(repo_root)
-    import_model(repo, folder, kind)
+    publish_transformer(Repository(repo_root), folder, kind)
     vocab = model.config.vocab_size
     data = tokens(16, seq, vocab)
     batch_sizes = (1, 8)  # batch 32 at seq 128 on bert-base would take minutes per variant here
@@ -229,6 +239,14 @@ def bench_transformer(kind: str, repo_root: Path, small: bool, budget: float, se
         r = row(kind, variant, m, {**eager, "latency_b32_p50_ms": eager.get("latency_b8_p50_ms")},
                 {**qd, "latency_b32_p50_ms": qd.get("latency_b8_p50_ms")}, eager_size)
         r["agreement_with_parent"] = m.get("agreement")
+        # The parent is this same torch eager fp32 model (hf-transformers runtime), timed by
+        # optimize() side by side with the variant: a ratio that load drifting over the run
+        # cannot skew, unlike one against the eager figure taken minutes earlier.
+        parent = result.report["rows"][0]["metrics"]
+        for b, key in ((1, "latency_b1_p50_ms"), (32, "latency_b8_p50_ms")):
+            if parent.get(key) and r.get(f"latency_b{b}_p50_ms"):
+                r[f"speedup_b{b}_vs_torch"] = parent[key] / r[f"latency_b{b}_p50_ms"]
+        r["parent_latency_b1_p50_ms"] = parent.get("latency_b1_p50_ms")
         rows.append(r)
     measure_mod.BATCHES = (1, 32)
     return rows
@@ -239,7 +257,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"Machine: {meta['cpu']}; torch threads {meta['threads']}; load average at start {meta['loadavg_start']}, "
              f"end {meta['loadavg_end']} (other processes share these cores: latencies are disturbed).",
              f"Command: `{meta['command']}`", "",
-             "Transformers rows: batch 8 in the b32 column (seq 128).", "",
+             f"Transformers rows: batch 8 in the b32 column (seq {meta.get('seq', 128)}); their 'vs torch' ratios are "
+             "against the same torch eager fp32 model timed side by side with the variant (alternating rounds in "
+             "one process), the eager row's own figure was taken once at the start.", "",
              "| model | variant | size | vs torch size | b1 p50 ms | b1 vs torch | b1 vs ORT qdyn | b32 p50 ms | b32 vs torch | accuracy | drop pt |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     f = lambda v, s="{:.3f}": "-" if v is None else s.format(v)  # noqa: E731
@@ -270,7 +290,7 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu.describe(cpu.cpu_features()),
             "features": cpu.cpu_features(), "python": platform.python_version(),
             "threads": __import__("torch").get_num_threads(), "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-            "command": " ".join(["bench/optimize.py", *sys.argv[1:]])}
+            "command": " ".join(["bench/optimize.py", *sys.argv[1:]]), "seq": args.seq}
     shutil.rmtree(WORK, ignore_errors=True)
     rows: list[dict[str, Any]] = []
     models = args.models.split(",")

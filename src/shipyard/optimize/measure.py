@@ -4,13 +4,13 @@ data. Without labels, accuracy is agreement with a reference's predictions (the 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shipyard.optimize.data import Dataset
-from shipyard.optimize.evaluate import latency_ms
 from shipyard.repository import Manifest, Signature
 from shipyard.runtimes import RuntimeOptions, runtime_for
 
@@ -39,7 +39,12 @@ def count_parameters(path: Path, fmt: str) -> tuple[int, int]:
         import torch
 
         program = torch.export.load(str(path / "model.pt2"))
+        seen: set[tuple[int, int, tuple[int, ...]]] = set()
         for name, t in program.state_dict.items():
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+            if key in seen:  # a tied weight (GPT-2's lm_head is its token embedding): stored once
+                continue
+            seen.add(key)
             if name.endswith(("scales", "scales_zeros")):
                 continue
             if name.endswith("qweight") and t.dtype == torch.uint8:  # int4 packed: two per byte
@@ -70,37 +75,101 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-logp[np.arange(len(z)), labels.reshape(-1)].mean())
 
 
+def _open(path: Path, fmt: str, signature: Signature, threads: int, extra: dict[str, Any] | None) -> Any:
+    manifest = Manifest(name="measure", version=1, format=fmt, files=[], signature=signature, extra=extra or {})
+    runtime = runtime_for(manifest, path, RuntimeOptions(threads=threads))
+    runtime.load()
+    return runtime
+
+
+def _quality(runtime: Any, path: Path, fmt: str, signature: Signature, data: Dataset,
+             reference: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
+    out = signature.outputs[0].name
+    logits = _predict(runtime, data, out)
+    preds = logits.argmax(axis=-1)
+    metrics: dict[str, Any] = {}
+    metrics["size_bytes"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()
+                                and p.name not in REPORT_FILES and p.name != "manifest.json")
+    metrics["parameters"], metrics["nonzero_parameters"] = count_parameters(path, fmt)
+    labels = data.labels if data.labels is not None else reference
+    if labels is not None and logits.ndim >= 2 and labels.shape == preds.shape:
+        metrics["accuracy"] = float((preds == labels).mean())
+        metrics["loss"] = _cross_entropy(logits, labels)
+    if reference is not None and reference.shape == preds.shape:
+        metrics["agreement"] = float((preds == reference).mean())
+    return metrics, preds
+
+
+def _samples(call: Any, warmup: int, budget_s: float, least: int = 10, most: int = 200) -> list[float]:
+    for _ in range(warmup):
+        call()
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < most and (len(times) < least or time.perf_counter() < deadline):
+        t = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def _latencies(runtimes: dict[str, Any], signature: Signature, data: Dataset, budget_s: float,
+               rounds: int) -> dict[str, dict[str, float]]:
+    """p50/p99 per runtime and batch size, timed in alternating rounds (A B C, B C A, ...) so that
+    load from other processes that comes and goes weighs on every version alike: on a shared
+    machine, versions timed one after the other were seen 5-50x apart from load alone."""
+    out = signature.outputs[0].name
+    result: dict[str, dict[str, float]] = {k: {} for k in runtimes}
+    keys = list(runtimes)
+    for b in BATCHES:
+        batch = {k: np.ascontiguousarray(np.resize(v, (b, *v.shape[1:]))) for k, v in data.take(b).items()}
+        times: dict[str, list[float]] = {k: [] for k in keys}
+        for r in range(rounds):
+            for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+                call = lambda rt=runtimes[k]: rt.infer(batch, [out])  # noqa: E731
+                warmup = (5 if budget_s < 1 else 20) if r == 0 else 2
+                times[k] += _samples(call, warmup, budget_s / rounds, least=max(3, 20 // rounds))
+        for k in keys:
+            result[k][f"latency_b{b}_p50_ms"] = float(np.percentile(times[k], 50))
+            result[k][f"latency_b{b}_p99_ms"] = float(np.percentile(times[k], 99))
+    return result
+
+
 def measure(path: Path, fmt: str, signature: Signature, data: Dataset, threads: int,
             reference: np.ndarray | None = None, extra: dict[str, Any] | None = None,
             budget_s: float = 2.0) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics of the version in `path`, and its predictions (argmax of the first output)."""
-    manifest = Manifest(name="measure", version=1, format=fmt, files=[], signature=signature, extra=extra or {})
-    runtime = runtime_for(manifest, path, RuntimeOptions(threads=threads))
-    runtime.load()
+    runtime = _open(path, fmt, signature, threads, extra)
     try:
-        out = signature.outputs[0].name
-        logits = _predict(runtime, data, out)
-        preds = logits.argmax(axis=-1)
-        metrics: dict[str, Any] = {}
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name not in REPORT_FILES
-                   and p.name != "manifest.json")
-        metrics["size_bytes"] = size
-        metrics["parameters"], metrics["nonzero_parameters"] = count_parameters(path, fmt)
-        labels = data.labels if data.labels is not None else reference
-        if labels is not None and logits.ndim >= 2 and labels.shape == preds.shape:
-            metrics["accuracy"] = float((preds == labels).mean())
-            metrics["loss"] = _cross_entropy(logits, labels)
-        if reference is not None and reference.shape == preds.shape:
-            metrics["agreement"] = float((preds == reference).mean())
-        for b in BATCHES:
-            batch = {k: np.ascontiguousarray(np.resize(v, (b, *v.shape[1:]))) for k, v in data.take(b).items()}
-            lat = latency_ms(lambda batch=batch: runtime.infer(batch, [out]), budget_s=budget_s,
-                             warmup=5 if budget_s < 1 else 20)
-            metrics[f"latency_b{b}_p50_ms"] = lat["p50"]
-            metrics[f"latency_b{b}_p99_ms"] = lat["p99"]
+        metrics, preds = _quality(runtime, path, fmt, signature, data, reference)
+        metrics.update(_latencies({"v": runtime}, signature, data, budget_s, 1)["v"])
         return metrics, preds
     finally:
         runtime.unload()
+
+
+def measure_side_by_side(versions: dict[str, tuple[Path, str, dict[str, Any]]], signature: Signature,
+                         data: Dataset, threads: int, reference_key: str | None = None,
+                         budget_s: float = 2.0, rounds: int = 4) -> dict[str, dict[str, Any]]:
+    """Metrics of several versions ({key: (folder, format, manifest extra)}) loaded together, their
+    latencies timed in alternating rounds so their ratios hold on a machine whose load drifts.
+    Without labels, accuracy is agreement with the predictions of `reference_key`."""
+    runtimes: dict[str, Any] = {}
+    try:
+        for k, (path, fmt, extra) in versions.items():
+            runtimes[k] = _open(path, fmt, signature, threads, extra)
+        metrics: dict[str, dict[str, Any]] = {}
+        reference = None
+        if data.labels is None and reference_key is not None:
+            path, fmt, _ = versions[reference_key]
+            _, reference = _quality(runtimes[reference_key], path, fmt, signature, data, None)
+        for k, (path, fmt, _) in versions.items():
+            metrics[k], _ = _quality(runtimes[k], path, fmt, signature, data, reference)
+        for k, lat in _latencies(runtimes, signature, data, budget_s, rounds).items():
+            metrics[k].update(lat)
+        return metrics
+    finally:
+        for rt in runtimes.values():
+            rt.unload()
 
 
 DELTA_KEYS = ("size_bytes", "parameters", "nonzero_parameters", "latency_b1_p50_ms", "latency_b32_p50_ms",

@@ -20,13 +20,14 @@ from shipyard.errors import InvalidInput
 from shipyard.optimize import cpu
 from shipyard.optimize.artifact import Artifact, export_program, load_artifact, run_artifact
 from shipyard.optimize.data import DataSpec, Dataset, check_data, load_data
-from shipyard.optimize.measure import deltas, measure
+from shipyard.optimize.measure import deltas, measure_side_by_side
 from shipyard.optimize.parity import check_parity
 from shipyard.optimize.passes import Context, PassConfig, apply
 from shipyard.optimize.recipe import Recipe, load_recipe, parse_recipe, preset
 from shipyard.repository import Lineage, Manifest, Repository, parse_ref
 
-SAVE_ATOL = 1e-4
+# Saving re-runs the same ops (torch.export) or the same graph: only float reordering is allowed.
+SAVE_ATOL, SAVE_RTOL = 1e-4, 1e-5
 
 
 @dataclass
@@ -90,8 +91,13 @@ def apply_recipe(artifact: Artifact, recipe: Recipe, ctx: Context,
             raise type(e)(e.message if e.message.startswith(prefix) else prefix + e.message) from None
         if before is not None and sample is not None:
             atol = float(getattr(config, "atol", config.parity_atol))
-            worst = check_parity(f"step {i} (pass '{config.name}')", before, run_artifact(result, sample, ctx.threads), atol)
-            ctx.facts.setdefault("parity", []).append({"step": i, "pass": config.name, "max_abs_diff": worst, "atol": atol})
+            rtol = float(getattr(config, "rtol", config.parity_rtol))
+            worst = check_parity(f"step {i} (pass '{config.name}')", before, run_artifact(result, sample, ctx.threads),
+                                 atol, rtol)
+            ctx.facts.setdefault("parity", []).append({"step": i, "pass": config.name, **worst.record(atol, rtol)})
+            ctx.note(f"step {i} ({config.name}) checked against its source: largest difference {worst.max_abs_diff:.2g} "
+                     f"on '{worst.output}', within {worst.tolerance:.2g} = atol {atol:g} + rtol {rtol:g} x max|output| "
+                     f"{worst.scale:.3g}")
         artifact = result
     return artifact
 
@@ -160,22 +166,15 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
             if artifact.kind == "torch":  # the saved program is a conversion too: check it
                 sample = ctx.sample(sig, 8)
                 saved = _run_saved(stage.path, fmt, sig, extra, sample, threads)
-                check_parity("saving the result", run_artifact(artifact, sample, threads), saved, SAVE_ATOL)
+                check_parity("saving the result", run_artifact(artifact, sample, threads), saved, SAVE_ATOL, SAVE_RTOL)
             gc.collect()  # sessions left by the passes (ORT's calibrator) must not hold threads now
-            progress.update(task, description=f"measuring {name}:{parent.version} (parent)")
-            base = repo.path(name, parent.version)
-            pm, parent_preds = measure(base, parent.format, sig, ev, threads, None, parent.extra, latency_budget_s)
-            reference = parent_preds if ev.labels is None else None
-            if reference is not None:
-                pm, _ = measure(base, parent.format, sig, ev, threads, reference, parent.extra, latency_budget_s)
-            measured["parent"] = pm
+            progress.update(task, description=f"measuring {name}:{parent.version} (parent) and the new version side by side")
+            versions = {"parent": (repo.path(name, parent.version), parent.format, parent.extra)}
             if root.version != parent.version:
-                progress.update(task, description=f"measuring {name}:{root.version} (root)")
-                measured["root"], _ = measure(repo.path(name, root.version), root.format, sig, ev, threads,
-                                              reference, root.extra, latency_budget_s)
-            progress.update(task, description="measuring the new version")
-            nm, _ = measure(stage.path, fmt, sig, ev, threads, reference, extra, latency_budget_s)
-            measured["new"] = nm
+                versions["root"] = (repo.path(name, root.version), root.format, root.extra)
+            versions["new"] = (stage.path, fmt, extra)
+            measured.update(measure_side_by_side(versions, sig, ev, threads, "parent", latency_budget_s))
+            nm = measured["new"]
             stage.metrics = {**nm, "eval_data": ev.name, "threads": threads}
             stage.extra = {**extra, "notes": ctx.notes}
             report = build_report(repo, name, parent, root, steps, measured, ctx, ev, threads,

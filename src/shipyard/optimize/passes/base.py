@@ -8,7 +8,8 @@ Implementers must: never modify the input artifact's files (write new ones under
 raise `shipyard.errors.InvalidInput` naming the pass, the layer and the fix for anything they cannot
 handle; add a sentence to `ctx.notes` for every choice a reader of the report should know about
 (which kernel, which int8 format and why). Set `lossless = True` on conversions: the runner then
-checks the result against its source within `parity_atol` and stops when it drifts.
+checks the result against its source within `parity_atol + parity_rtol * max|output|` (fields
+`atol`/`rtol` on the config override them) and stops when it drifts.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class PassConfig(BaseModel):
     name: ClassVar[str]
     lossless: ClassVar[bool] = False
     parity_atol: ClassVar[float] = 1e-4
+    parity_rtol: ClassVar[float] = 0.0
 
     def record(self) -> dict[str, Any]:
         """The config as the manifest stores it: `{"pass": name, **fields}`."""

@@ -60,8 +60,15 @@ def low_rank(artifact: Artifact, config: LowRank, ctx: Context) -> Artifact:
     conv1d_to_linear_(module)
     done: dict[str, Any] = {}
     skipped: list[str] = []
+    uses: dict[int, int] = {}
+    for _, p in module.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    tied: list[str] = []
     for name, lin in [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]:
         if name in config.exclude:
+            continue
+        if uses.get(id(lin.weight), 0) > 1:  # GPT-2's lm_head is its token embedding
+            tied.append(name)  # factoring it would store the factors beside the embedding
             continue
         m_, n_ = lin.out_features, lin.in_features
         s = torch.linalg.svdvals(lin.weight.detach().double())
@@ -75,9 +82,12 @@ def low_rank(artifact: Artifact, config: LowRank, ctx: Context) -> Artifact:
         done[name] = {"shape": [m_, n_], "rank": r, "params_before": m_ * n_, "params_after": r * (m_ + n_)}
     if not done:
         raise InvalidInput(f"pass 'low-rank' factored no layer: at {config.energy or config.ratio} every rank "
-                           f"r stays above mn/(m+n) (layers: {skipped}); lower 'energy' or set 'ratio'")
-    ctx.facts["low_rank"] = {"factored": done, "kept": skipped}
+                           f"r stays above mn/(m+n) (layers: {skipped}" + (f"; tied, left whole: {tied}" if tied else "") +
+                           "); lower 'energy' or set 'ratio'")
+    ctx.facts["low_rank"] = {"factored": done, "kept": skipped, "tied": tied}
     ctx.note(f"low-rank SVD factored {len(done)} Linear layers (" +
              ", ".join(f"{k} r={v['rank']}" for k, v in done.items()) +
-             f"); {len(skipped)} kept whole where r >= mn/(m+n)")
+             f"); {len(skipped)} kept whole where r >= mn/(m+n)" +
+             (f"; left whole as tied to another layer (factoring would add its factors beside the shared "
+              f"weight): {tied}" if tied else ""))
     return artifact.evolve(module=module, extra={"save_as": "torch-export"})

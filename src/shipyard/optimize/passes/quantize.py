@@ -126,10 +126,101 @@ def _dynamic(artifact: Artifact, config: Quantize, out: Any, ctx: Context) -> No
         ctx.note("dynamic int8 leaves Conv in fp32: ORT's ConvInteger was measured slower than fp32 "
                  "here; use mode 'static' (int8-static) for convolutions")
     _, _, reduce, fmt = _int8_format(config, ctx)
+    ties = tied_embeddings(artifact.onnx_path) if "Gather" in ops and "MatMul" in ops else []
     quantize_dynamic(str(artifact.onnx_path), str(out), weight_type=QuantType.QInt8,
                      per_channel=config.per_channel, reduce_range=reduce,
                      op_types_to_quantize=ops, nodes_to_exclude=config.exclude,
                      extra_options={"DefaultTensorType": 1})  # fp32 where shape inference gives up
+    shared = share_tied_embeddings(out, ties) if ties else []
+    kinds = sorted(_quantized_op_types(out))
+    ctx.note("dynamic int8 quantized the weights of " + ", ".join(kinds) + " (embedding tables included; "
+             "activations are quantized at run time)" +
+             (f"; tied embedding {shared} stored once: its lookup reads the output projection's int8 "
+              "weight (per-row scales) instead of a second copy" if shared else ""))
+
+
+def _quantized_op_types(path: Any) -> set[str]:
+    """Op types that read an int8/uint8 weight initializer in the quantized graph."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    q = {t.name for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+         and len(t.dims) >= 2}
+    return {n.op_type for n in model.graph.node if any(i in q for i in n.input)}
+
+
+def tied_embeddings(path: Any) -> list[tuple[str, str]]:
+    """(embedding table, output projection weight) initializer pairs holding the same numbers,
+    transposed: a Gather on W [V, H] and a MatMul by W^T [H, V], which is how a tied LM head
+    (GPT-2's lm_head = wte) is exported. Quantized apart they would be stored twice."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    tables = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits
+              and not any(a.name == "axis" and a.i != 0 for a in n.attribute) and len(inits[n.input[0]].dims) == 2}
+    heads = {n.input[1] for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1
+             and n.input[1] in inits and len(inits[n.input[1]].dims) == 2}
+    pairs = []
+    for t in sorted(tables):
+        for h in sorted(heads):
+            if list(inits[h].dims) == list(reversed(inits[t].dims)) and \
+                    (numpy_helper.to_array(inits[h]) == numpy_helper.to_array(inits[t]).T).all():
+                pairs.append((t, h))
+                break
+    return pairs
+
+
+def share_tied_embeddings(path: Any, ties: list[tuple[str, str]]) -> list[str]:
+    """Rewrite each tied embedding lookup `DequantizeLinear(Gather(Tq, ids))` to read the int8
+    output projection Bq [H, V] (per-column scales sB, zero point 0) instead:
+    `Transpose(Cast(Gather(Bq, ids, axis=1))) * Unsqueeze(Gather(sB, ids))`, and drop Tq.
+    A pair whose quantized form is not the expected one is left as it is."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    ranks = {i.name: len(i.type.tensor_type.shape.dim) for i in g.input}
+    done = []
+    for table, head in ties:
+        tq, bq, sb, zb = f"{table}_quantized", f"{head}_quantized", f"{head}_scale", f"{head}_zero_point"
+        gathers = [n for n in g.node if n.op_type == "Gather" and n.input[0] == tq]
+        if len(gathers) != 1 or bq not in inits or sb not in inits or zb not in inits:
+            continue
+        gather = gathers[0]
+        deq = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] == gather.output[0]]
+        users = [n for n in g.node if gather.output[0] in n.input]
+        rank = ranks.get(gather.input[1])
+        scale = numpy_helper.to_array(inits[sb])
+        if len(deq) != 1 or len(users) != 1 or rank is None or scale.ndim != 1 or \
+                numpy_helper.to_array(inits[zb]).any() or any(n.input[0] == tq for n in g.node if n is not gather):
+            continue
+        ids, out, p = gather.input[1], deq[0].output[0], f"{table}_tied"
+        axes = helper.make_tensor(f"{p}_axes", onnx.TensorProto.INT64, [1], [-1])
+        nodes = [
+            helper.make_node("Gather", [bq, ids], [f"{p}_q"], name=f"{p}/Gather", axis=1),
+            helper.make_node("Cast", [f"{p}_q"], [f"{p}_f"], name=f"{p}/Cast", to=onnx.TensorProto.FLOAT),
+            helper.make_node("Transpose", [f"{p}_f"], [f"{p}_t"], name=f"{p}/Transpose", perm=[*range(1, rank + 1), 0]),
+            helper.make_node("Gather", [sb, ids], [f"{p}_s"], name=f"{p}/GatherScale", axis=0),
+            helper.make_node("Unsqueeze", [f"{p}_s", axes.name], [f"{p}_su"], name=f"{p}/Unsqueeze"),
+            helper.make_node("Mul", [f"{p}_t", f"{p}_su"], [out], name=f"{p}/Mul"),
+        ]
+        at = list(g.node).index(gather)
+        for n in (gather, deq[0]):
+            g.node.remove(n)
+        for k, n in enumerate(nodes):
+            g.node.insert(at + k, n)
+        g.initializer.append(axes)
+        for name in (tq, f"{table}_scale", f"{table}_zero_point"):
+            if name in inits and not any(name in n.input for n in g.node):
+                g.initializer.remove(inits[name])
+        done.append(table)
+    if done:
+        onnx.save(model, str(path))
+    return done
 
 
 def _static(artifact: Artifact, config: Quantize, out: Any, ctx: Context) -> None:
