@@ -41,7 +41,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import torch
+
+# transformers runs in this process as its users run it: libgomp's default wait policy (spin a
+# while, then sleep). shipyard, imported later, would make this process's OpenMP threads sleep at
+# once (its default, right for a server whose event loop shares the cores); its server child
+# still gets that default, since the setting is dropped again once torch has read it.
+_SPIN_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+if _SPIN_SET:
+    os.environ["GOMP_SPINCOUNT"] = "300000"
+import torch  # noqa: E402
+
+if _SPIN_SET:
+    torch.ones(2).sum()  # libgomp reads its settings when torch first runs a parallel op
+    del os.environ["GOMP_SPINCOUNT"]
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

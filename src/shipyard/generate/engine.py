@@ -22,6 +22,7 @@ from shipyard.generate.scheduler import Scheduler
 from shipyard.generate.sequence import Request
 
 log = logging.getLogger("shipyard.generate")
+IDLE_EXIT_S = 0.5
 
 
 @dataclass
@@ -61,8 +62,7 @@ class Engine:
         self._inbox: deque[tuple[str, Request]] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # started by work, ended by idleness (see _run)
         log.info("%s: KV cache %d blocks x %d tokens (%.0f MiB), context %d, up to %d sequences, "
                  "%d fp32 Linear layers packed for oneDNN", name, self.lm.pool.num_blocks, config.block_size,
                  self.lm.pool.bytes / 2**20, self.max_model_len, config.max_num_seqs, self.lm.packed)
@@ -104,6 +104,9 @@ class Engine:
                     f"{self.config.max_queue_size}); retry shortly", retry_after=1)
             self._inbox.append(("add", request))
             self._cond.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
+                self._thread.start()
 
     def abort(self, request: Request) -> None:
         with self._cond:
@@ -114,7 +117,11 @@ class Engine:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join(timeout=30)
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=30)
+        else:
+            self._fail_all(Unavailable(f"model '{self.name}' was unloaded", retry_after=1))
 
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
@@ -125,10 +132,19 @@ class Engine:
 
     # -- the engine thread --------------------------------------------------------------------
     def _run(self) -> None:
+        """The loop, on a thread that ends after IDLE_EXIT_S without work (the next request starts
+        a new one). A thread's first parallel torch op gives it an OpenMP team that lives as long
+        as the thread, and an idle team in one live thread was measured to slow another thread's
+        team ~1.6x per decode step here: with several LMs loaded, an idle one must not keep one."""
         while True:
             with self._cond:
+                deadline = time.monotonic() + IDLE_EXIT_S
                 while not self._inbox and self.scheduler.idle and not self._closed:
-                    self._cond.wait()
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self._thread = None
+                        return
+                    self._cond.wait(left)
                 if self._closed:
                     break
                 inbox, self._inbox = self._inbox, deque()
