@@ -91,3 +91,13 @@ def test_weight_only_pass_on_digits_publishes_a_smaller_program(digits_copy: Rep
     d = result.report["deltas"]["vs_parent"]
     assert d["size_ratio"] < 0.6 and abs(d["accuracy"]) <= 0.01
     assert "kernel" in result.report["facts"]["weight_only"]
+
+
+def test_torch_export_versions_get_an_exportable_kernel(digits_copy: Repository) -> None:
+    """int8-dynamic's prepacked weights cannot be saved by torch.export: auto leaves it out there,
+    and naming it is refused with the reason (it serves hf-causal-lm versions, saved as safetensors)."""
+    result = optimize(digits_copy.root, "digits:1", recipe=[{"pass": "weight-only", "bits": 8}], **FAST)
+    assert result.report["facts"]["weight_only"]["kernel"] != "int8-dynamic"
+    with pytest.raises(InvalidInput, match="cannot be saved with torch.export"):
+        optimize(digits_copy.root, "digits:1", recipe=[{"pass": "weight-only", "bits": 8, "kernel": "int8-dynamic"}], **FAST)
+    assert digits_copy.versions("digits") == [1, 2, 3]  # the refused run published nothing

@@ -201,7 +201,8 @@ def optimize_causal_lm(repo: Any, parent: Any, root: Any, steps: Any, eval_data:
         seq = min(128, int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings))
         progress.update(task, description=f"measuring {parent.name}:{parent.version} (parent)")
         measured: dict[str, Any] = {"parent": {**lm_metrics(model, tokens, seq), "size_bytes": folder_size(base)}}
-        artifact = Artifact("torch", parent.signature, module=model, extra={"architecture": arch})
+        # saved_as: the weight-only pass may pick kernels that torch.export could not save.
+        artifact = Artifact("torch", parent.signature, module=model, extra={"architecture": arch, "saved_as": "safetensors"})
         artifact = apply_recipe(artifact, steps, ctx, lambda i, c: progress.update(
             task, description=f"step {i}/{len(steps)}: {c.name}"))
         lineage = Lineage(parent=parent.version, recipe=[c.record() for c in steps])

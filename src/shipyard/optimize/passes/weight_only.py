@@ -78,6 +78,9 @@ def _prepack_int8(qweight: torch.Tensor, scales: torch.Tensor) -> Any:
         return torch.ops.quantized.linear_prepack(qw, None)
 
 
+NOT_EXPORTABLE = frozenset({"int8-dynamic"})
+
+
 class WeightOnlyLinear(nn.Module):
     """A Linear whose weight is int8 (per output channel) or int4 (per group of input columns)."""
 
@@ -219,7 +222,7 @@ def _eligible(lin: nn.Linear, bits: int, group_size: int) -> bool:
 
 def quantize_weights_(module: nn.Module, bits: int = 8, group_size: int = 128, kernel: str = "auto",
                       filter_fn: Callable[[str, nn.Linear], bool] | None = None,
-                      tied: Literal["copy", "keep"] = "copy") -> dict[str, Any]:
+                      tied: Literal["copy", "keep"] = "copy", exportable: bool = False) -> dict[str, Any]:
     """Quantize the weights of every Linear in `module` (in place); returns a report dict.
 
     bits: 8 (per output channel, symmetric) or 4 (asymmetric, `group_size` input columns per scale,
@@ -230,6 +233,8 @@ def quantize_weights_(module: nn.Module, bits: int = 8, group_size: int = 128, k
     lm_head): 'copy' quantizes a copy and unties them (the embedding stays fp32 for its lookups; the
     head is the largest matmul of a decode step, so this is where weight-only saves the most time,
     at the cost of the copy's bytes in the file); 'keep' leaves it fp32 and tied.
+    exportable: only kernels that torch.export can save (not int8-dynamic, whose prepacked weights
+    are an opaque object of this torch build).
     """
     if bits not in (4, 8):
         raise InvalidInput(f"weight-only bits must be 4 or 8, not {bits}")
@@ -252,12 +257,16 @@ def quantize_weights_(module: nn.Module, bits: int = 8, group_size: int = 128, k
     if kernel == "auto":
         big = max(targets, key=lambda t: t[1].weight.numel())[1]
         times = measure_kernels(big.out_features, big.in_features, bits, group_size)
-        quantized = {k: v for k, v in times.items() if k != "fp32"}
+        quantized = {k: v for k, v in times.items() if k != "fp32" and not (exportable and k in NOT_EXPORTABLE)}
         kernel = min(quantized, key=lambda k: quantized[k])
         report["kernel_us"] = {k: round(v, 1) for k, v in times.items()}
         report["kernel_shape"] = [big.out_features, big.in_features]
     elif kernel not in KERNELS:
         raise InvalidInput(f"unknown weight-only kernel {kernel!r}; known: {', '.join(KERNELS)}")
+    elif exportable and kernel in NOT_EXPORTABLE:
+        raise InvalidInput(f"weight-only kernel {kernel!r} cannot be saved with torch.export (its prepacked weights "
+                           "are an opaque object of this torch build); it serves hf-causal-lm versions. Use auto, "
+                           "int8-packed or int8-packed-bf16 here")
     elif kernel.startswith("int") and not kernel.startswith(f"int{bits}"):
         raise InvalidInput(f"weight-only kernel {kernel!r} does not run int{bits} weights; use auto, dequantize "
                            f"or one of {', '.join(k for k in KERNELS if k.startswith(f'int{bits}'))}")
@@ -302,7 +311,8 @@ def weight_only(artifact: Artifact, config: WeightOnly, ctx: Context) -> Artifac
         raise InvalidInput(f"pass 'weight-only': exclude names {unknown}, which are not Linear layers; "
                            f"Linear layers: {sorted(names)[:10]}")
     report = quantize_weights_(module, config.bits, config.group_size, config.kernel,
-                               filter_fn=lambda n, _m: n not in config.exclude, tied=config.tied)
+                               filter_fn=lambda n, _m: n not in config.exclude, tied=config.tied,
+                               exportable=artifact.extra.get("saved_as") != "safetensors")
     if not report["layers"]:
         raise InvalidInput("pass 'weight-only' found no Linear layer to quantize "
                            f"(skipped for shape: {report['skipped']}); it only handles Linear/Conv1D layers")
