@@ -34,6 +34,20 @@ def test_search_picks_the_fastest_candidate_within_budget(digits_copy: Repositor
     assert chosen["chosen"] == "int8-static" and len(chosen["candidates"]) == 2
 
 
+def test_latency_search_times_its_finalists_again_side_by_side(digits_copy: Repository) -> None:
+    cands = [Candidate("int8-dynamic", [{"pass": "quantize", "mode": "dynamic"}]),
+             Candidate("int8-static", [{"pass": "quantize", "mode": "static"}]),
+             Candidate("fp16", [{"pass": "quantize", "mode": "fp16"}])]
+    result, tried = search(digits_copy.root, "digits:2", max_accuracy_drop=1.0, objective="latency",
+                           candidate_list=cands, **FAST)
+    fitting = [c for c in tried if c.fits(1.0)]
+    assert len(fitting) >= 2 and all(c.retimed for c in fitting)  # 3 candidates: all are finalists
+    best = min(fitting, key=lambda c: c.metrics["latency_b1_p50_ms"])  # chosen on the side-by-side figures
+    assert result.report["facts"]["search"]["chosen"] == best.label
+    recorded = {r["candidate"]: r["retimed"] for r in result.report["facts"]["search"]["candidates"]}
+    assert all(recorded[c.label] for c in fitting)
+
+
 def test_fallback_keeps_the_most_harmful_layers_in_fp32(digits_copy: Repository) -> None:
     # Calibrating on blank images gives activation ranges that clip every real digit: accuracy
     # collapses, and only putting layers back in fp32 can bring it within budget.
