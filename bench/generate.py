@@ -51,8 +51,7 @@ if _SPIN_SET:
     os.environ["GOMP_SPINCOUNT"] = "300000"
 import torch  # noqa: E402
 
-if _SPIN_SET:
-    torch.ones(2).sum()  # libgomp reads its settings when torch first runs a parallel op
+if _SPIN_SET:  # libgomp read it when `import torch` loaded the library
     del os.environ["GOMP_SPINCOUNT"]
 
 ROOT = Path(__file__).resolve().parents[1]
