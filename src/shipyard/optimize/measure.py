@@ -16,6 +16,7 @@ from shipyard.runtimes import RuntimeOptions, runtime_for
 
 REPORT_FILES = ("report.json", "report.html")
 BATCHES = (1, 32)
+SETTLE_S = 0.005  # longer than torch's OpenMP threads spin after their last parallel section
 
 
 def count_parameters(path: Path, fmt: str) -> tuple[int, int]:
@@ -125,6 +126,7 @@ def _latencies(runtimes: dict[str, Any], signature: Signature, data: Dataset, bu
         times: dict[str, list[float]] = {k: [] for k in keys}
         for r in range(rounds):
             for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+                time.sleep(SETTLE_S)  # the last version's torch threads stop spinning (shipyard/__init__.py)
                 call = lambda rt=runtimes[k]: rt.infer(batch, [out])  # noqa: E731
                 warmup = (5 if budget_s < 1 else 20) if r == 0 else 2
                 times[k] += _samples(call, warmup, budget_s / rounds, least=max(3, 20 // rounds))
