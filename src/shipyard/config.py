@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -99,6 +99,11 @@ class GenerationConfig(BaseModel):
     packed_linears: bool = Field(
         True, description="Reorder fp32 Linear weights once into oneDNN's blocked layout (faster "
         "matmuls at the few rows of a decode step; the model's own weights are replaced)."
+    )
+    attention_kernel: Literal["auto", "native", "torch"] = Field(
+        "auto", description="Decode attention: 'native' reads keys and values where they lie in the "
+        "cache's blocks (shipyard's C kernel, built on first use with the system compiler); 'torch' "
+        "gathers them for scaled_dot_product_attention; 'auto' takes native when it builds here."
     )
 
 

@@ -5,6 +5,7 @@ n > 1, logprobs, cancellation frees the slot, bounded queue, KV-cache limits."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,11 +43,20 @@ def engine(request: pytest.FixtureRequest, lm_folders: dict[str, Path],
     eng.close()
 
 
+@functools.cache
+def pristine(folder: Path) -> Any:
+    """The model as transformers loads it: the engine's own copy has its Linear weights repacked
+    and GPT-2's GELU fused into a matmul, so it cannot be its own reference."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+
+
 def reference(runtime: Any, prompt: str, tokens: int) -> list[int]:
     ids = runtime.tokenizer(prompt, return_tensors="pt").input_ids
     with torch.inference_mode():
-        out = runtime.model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                                     pad_token_id=runtime.tokenizer.eos_token_id)
+        out = pristine(runtime.path).generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                              pad_token_id=runtime.tokenizer.eos_token_id)
     return list(out[0, ids.shape[1]:].tolist())
 
 

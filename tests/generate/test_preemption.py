@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from shipyard.generate import AsyncEngine, SamplingParams
-from tests.generate.test_engine import collect, open_engine
+from tests.generate.test_engine import collect, open_engine, pristine
 
 PROMPTS = ["def add(a, b):", "import os", "class Point:", "for i in range(10):", "while True:", "return x",
            "print('hello')", "with open(path) as f:", "if x is None:", "try:", "lambda y: y", "async def main():"]
@@ -25,11 +25,12 @@ def reference(runtime: Any, prompt: str, tokens: int) -> list[int]:
     `min_new_tokens` masks eos instead, where `ignore_eos` keeps it: over 100 tokens of a random
     model the two differ as soon as eos is the argmax.)"""
     ids = runtime.tokenizer(prompt, return_tensors="pt").input_ids
+    model = pristine(runtime.path)
     with torch.inference_mode():
-        out = runtime.model(ids, use_cache=True)
+        out = model(ids, use_cache=True)
         new = [int(out.logits[0, -1].argmax())]
         for _ in range(tokens - 1):
-            out = runtime.model(torch.tensor([new[-1:]]), past_key_values=out.past_key_values, use_cache=True)
+            out = model(torch.tensor([new[-1:]]), past_key_values=out.past_key_values, use_cache=True)
             new.append(int(out.logits[0, -1].argmax()))
     return new
 

@@ -53,7 +53,7 @@ class Engine:
         self.max_model_len = min(config.max_model_len or positions, positions)
         max_blocks = config.max_num_seqs * -(-self.max_model_len // config.block_size)
         self.lm = PagedLM(model, runtime.family, config.kv_cache_mb * 2**20, config.block_size, max_blocks,
-                          pack_linears=config.packed_linears)
+                          pack_linears=config.packed_linears, attention=config.attention_kernel)
         eos = self.tokenizer.eos_token_id
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         self.eos = {t for t in [eos, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])] if t is not None}
@@ -64,8 +64,9 @@ class Engine:
         self._closed = False
         self._thread: threading.Thread | None = None  # started by work, ended by idleness (see _run)
         log.info("%s: KV cache %d blocks x %d tokens (%.0f MiB), context %d, up to %d sequences, "
-                 "%d fp32 Linear layers packed for oneDNN", name, self.lm.pool.num_blocks, config.block_size,
-                 self.lm.pool.bytes / 2**20, self.max_model_len, config.max_num_seqs, self.lm.packed)
+                 "%d fp32 Linear layers packed for oneDNN, decode attention: %s", name, self.lm.pool.num_blocks,
+                 config.block_size, self.lm.pool.bytes / 2**20, self.max_model_len, config.max_num_seqs,
+                 self.lm.packed, self.lm.attention_note)
 
     # -- the API side (any thread) ------------------------------------------------------------
     def check(self, prompt: list[int], params: SamplingParams) -> int:

@@ -45,8 +45,10 @@ class StepBatch:
     positions: torch.Tensor  # [T]
     write_slots: torch.Tensor  # [T] where each new token's key/value goes
     decodes: int  # the first `decodes` rows are single-token decoders
-    decode_slots: torch.Tensor | None  # [B, L] cache slots each decoder attends to
-    decode_mask: torch.Tensor | None  # [B, 1, 1, L] True where the slot is part of the sequence
+    decode_table: torch.Tensor | None = None  # [B, W] each decoder's blocks (padded with block 0)
+    decode_lengths: torch.Tensor | None = None  # [B] tokens each decoder attends to, its new one included
+    decode_slots: torch.Tensor | None = None  # [B, L] cache slots each decoder attends to (torch path)
+    decode_mask: torch.Tensor | None = None  # [B, 1, 1, L] True where the slot is part of the sequence
     prefills: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
     logit_rows: torch.Tensor | None = None  # rows whose next-token logits are wanted
 
@@ -65,12 +67,15 @@ class PackedLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), 1)
         self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.activation = ("none", "")  # oneDNN post-op applied to the output in the same pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        op, algorithm = self.activation
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, op, [], algorithm)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, oneDNN packed"
+        post = f", then {self.activation[0]}" if self.activation[0] != "none" else ""
+        return f"{self.in_features}, {self.out_features}, oneDNN packed{post}"
 
 
 def packed_linears_available() -> bool:
@@ -99,6 +104,23 @@ def pack_linears_(model: nn.Module) -> int:
     return count
 
 
+# transformers' names for GELU's tanh approximation. gelu_new (GPT-2's) writes it as eight elementwise
+# ops; F.gelu(approximate="tanh") computes the same function in one, as transformers' own
+# gelu_pytorch_tanh does.
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
+
+
+def fuse_gelu_(mlp: nn.Module) -> str:
+    """Compute a GPT-2 MLP's tanh GELU in one op, or inside its first matmul when that is a
+    `PackedLinear` (a oneDNN post-op: no extra pass over the activations). Returns what was done."""
+    if isinstance(mlp.c_fc, PackedLinear):
+        mlp.c_fc.activation = ("gelu", "tanh")
+        mlp.act = nn.Identity()
+        return "fused"
+    mlp.act = nn.GELU(approximate="tanh")
+    return "one op"
+
+
 @dataclass
 class Layer:
     norm1: nn.Module
@@ -112,7 +134,7 @@ class PagedLM:
     """A loaded HF causal LM (`family` 'gpt2' or 'llama') bound to a `BlockPool`."""
 
     def __init__(self, model: nn.Module, family: str, pool_budget_bytes: int, block_size: int,
-                 max_blocks: int, pack_linears: bool = False) -> None:
+                 max_blocks: int, pack_linears: bool = False, attention: str = "torch") -> None:
         self.model = model
         self.packed = pack_linears_(model) if pack_linears and packed_linears_available() else 0
         self.family = family
@@ -125,6 +147,9 @@ class PagedLM:
         if family == "gpt2":
             base = model.transformer
             self.max_positions = int(cfg.n_positions)
+            if cfg.activation_function in GELU_TANH:
+                for block in base.h:
+                    fuse_gelu_(block.mlp)
             self.layers = [self._gpt2_layer(b) for b in base.h]
             self.final_norm = base.ln_f
             self.scale = (self.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0)
@@ -141,6 +166,25 @@ class PagedLM:
         dtype = next(model.parameters()).dtype
         self.pool = BlockPool(len(self.layers), self.kv_heads, self.head_dim, block_size,
                               pool_budget_bytes, max_blocks, dtype)
+        self.native_attention, self.attention_note = self._choose_attention(attention, dtype)
+
+    @staticmethod
+    def _choose_attention(asked: str, dtype: torch.dtype) -> tuple[bool, str]:
+        """Decode attention by shipyard's kernel (reads keys and values in place in their blocks) or
+        by gathering them for torch's scaled_dot_product_attention. 'auto' takes the kernel when it
+        builds here and the cache is fp32; 'native' insists."""
+        if asked == "torch":
+            return False, "torch (as configured)"
+        from shipyard.generate import native
+
+        why = native.available() if dtype == torch.float32 else f"the kernel is fp32 only (this cache is {dtype})"
+        if why is None:
+            return True, "native paged kernel"
+        if asked == "native":
+            from shipyard.errors import InvalidInput
+
+            raise InvalidInput(f"attention_kernel 'native' is not available: {why}")
+        return False, f"torch ({why})"
 
     # -- families --------------------------------------------------------------------------
     def _gpt2_layer(self, block: nn.Module) -> Layer:
@@ -188,18 +232,20 @@ class PagedLM:
                 write.append(s.blocks[p // bs] * bs + p % bs)
             if s.wants_logits:
                 logit_rows.append(len(ids) - 1)
-        batch = StepBatch(torch.tensor(ids), torch.tensor(pos), torch.tensor(write), len(decoders), None, None)
+        batch = StepBatch(torch.tensor(ids), torch.tensor(pos), torch.tensor(write), len(decoders))
         if decoders:
             longest = max(s.start + 1 for s in decoders)
-            span = torch.arange(longest)
             width = self.pool.blocks_for(longest)
             table = torch.tensor([(s.blocks + [0] * width)[:width] for s in decoders])
             lengths = torch.tensor([s.start + 1 for s in decoders])
-            # Past its length a row re-reads its own last token: the mask hides it, and every slot
-            # read holds a real value (an unwritten slot may hold NaN, and 0 * NaN is NaN).
-            pos = torch.minimum(span[None, :], lengths[:, None] - 1)
-            batch.decode_slots = table.gather(1, pos // bs) * bs + pos % bs
-            batch.decode_mask = (span[None, :] < lengths[:, None])[:, None, None, :]
+            batch.decode_table, batch.decode_lengths = table, lengths
+            if not self.native_attention:
+                # Past its length a row re-reads its own last token: the mask hides it, and every
+                # slot read holds a real value (an unwritten slot may hold NaN, and 0 * NaN is NaN).
+                span = torch.arange(longest)
+                pos = torch.minimum(span[None, :], lengths[:, None] - 1)
+                batch.decode_slots = table.gather(1, pos // bs) * bs + pos % bs
+                batch.decode_mask = (span[None, :] < lengths[:, None])[:, None, None, :]
         row = len(decoders)
         for s in others:
             ctx = s.start + s.length
@@ -221,10 +267,16 @@ class PagedLM:
         return self.base.embed_tokens(batch.input_ids)
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, batch: StepBatch) -> torch.Tensor:
-        out = torch.empty_like(q)
+        out = torch.empty(q.shape, dtype=q.dtype)
         gqa = self.heads != self.kv_heads
         d = batch.decodes
-        if d:
+        if d and self.native_attention:
+            from shipyard.generate import native
+
+            assert batch.decode_table is not None and batch.decode_lengths is not None
+            native.decode_attention(q[:d], keys, values, batch.decode_table, self.pool.block_size,
+                                    batch.decode_lengths, self.scale, out[:d])
+        elif d:
             assert batch.decode_slots is not None
             # index_select copies whole rows: 2-3x faster here than advanced indexing (keys[slots]).
             b, span = batch.decode_slots.shape

@@ -1,0 +1,136 @@
+"""shipyard's C decode-attention kernel and GPT-2's fused GELU, against torch's own ops: same
+numbers on real pools and block tables, greedy output unchanged, and a clear fallback where the
+kernel cannot be built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shipyard.errors import InvalidInput
+from shipyard.generate import SamplingParams, native
+from shipyard.generate.model import PackedLinear, fuse_gelu_, pack_linears_
+from tests.generate.test_engine import PROMPTS, open_engine, reference
+
+needs_native = pytest.mark.skipif(native.available() is not None, reason=f"native kernel: {native.available()}")
+
+
+def torch_decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, table: torch.Tensor,
+                           block_size: int, lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    span = torch.arange(int(lengths.max()))
+    pos = torch.minimum(span[None], lengths[:, None] - 1)
+    slots = table.gather(1, pos // block_size) * block_size + pos % block_size
+    k, v = keys[slots].transpose(1, 2), values[slots].transpose(1, 2)
+    mask = (span[None] < lengths[:, None])[:, None, None, :]
+    gqa = q.shape[1] != keys.shape[1]
+    return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask, scale=scale,
+                                          enable_gqa=gqa).squeeze(2)
+
+
+@needs_native
+@pytest.mark.parametrize(("heads", "kv_heads", "dim", "block_size"), [(12, 12, 64, 16), (8, 2, 32, 4), (4, 1, 80, 1)])
+def test_decode_attention_equals_sdpa_over_gathered_keys(heads: int, kv_heads: int, dim: int, block_size: int) -> None:
+    gen = torch.Generator().manual_seed(heads)
+    lengths = torch.tensor([1, 3, block_size * 7 + 1, block_size * 12, 17])
+    batch, width = len(lengths), -(-int(lengths.max()) // block_size)
+    blocks = batch * width + 3
+    keys = torch.randn(blocks * block_size, kv_heads, dim, generator=gen)
+    values = torch.randn(blocks * block_size, kv_heads, dim, generator=gen)
+    table = torch.randperm(blocks, generator=gen)[: batch * width].view(batch, width)  # scattered blocks
+    # Query rows strided as in a fused QKV projection: heads and dims contiguous, rows 3x apart.
+    q = torch.randn(batch, 3 * heads * dim, generator=gen)[:, : heads * dim].view(batch, heads, dim)
+    out = torch.full((batch, heads, dim), float("nan"))
+    native.decode_attention(q, keys, values, table, block_size, lengths, dim ** -0.5, out)
+    expected = torch_decode_attention(q, keys, values, table, block_size, lengths, dim ** -0.5)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+
+
+@needs_native
+def test_decode_attention_refuses_what_it_cannot_read() -> None:
+    keys = values = torch.zeros(32, 2, 8)
+    table = torch.zeros(1, 2, dtype=torch.long)
+    q, out = torch.zeros(1, 2, 8), torch.zeros(1, 2, 8)
+    with pytest.raises(TypeError, match="fp32 only"):
+        native.decode_attention(q.double(), keys, values, table, 4, torch.tensor([3]), 1.0, out)
+    with pytest.raises(ValueError, match="past its block table"):
+        native.decode_attention(q, keys, values, table, 4, torch.tensor([9]), 1.0, out)
+    with pytest.raises(ValueError, match="multiple of kv_heads"):
+        native.decode_attention(torch.zeros(1, 3, 8), torch.zeros(32, 2, 8), values, table, 4, torch.tensor([3]),
+                                1.0, torch.zeros(1, 3, 8))
+
+
+@needs_native
+def test_one_openmp_runtime_in_the_process() -> None:
+    native.load()
+    mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
+    assert len(mapped) == 1, mapped  # the kernel's OpenMP calls go to the libgomp torch loaded
+
+
+def test_a_kernel_that_cannot_be_built_falls_back_with_the_reason(lm_folders: dict[str, Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHIPYARD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    native.load.cache_clear()
+    try:
+        assert "failed to build" in (native.available() or "")
+        _, eng = open_engine(lm_folders["gpt2"], tmp_path / "auto", attention_kernel="auto")
+        assert not eng.lm.native_attention and "failed to build" in eng.lm.attention_note
+        eng.close()
+        with pytest.raises(InvalidInput, match="'native' is not available: .*failed to build"):
+            open_engine(lm_folders["gpt2"], tmp_path / "native", attention_kernel="native")
+    finally:
+        monkeypatch.undo()
+        native.load.cache_clear()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("kernel", ["torch", pytest.param("native", marks=needs_native)])
+def test_greedy_output_equals_transformers_with_either_attention(lm_folders: dict[str, Path], tmp_path: Path,
+                                                                 family: str, kernel: str) -> None:
+    runtime, eng = open_engine(lm_folders[family], tmp_path, attention_kernel=kernel)
+    assert eng.lm.native_attention == (kernel == "native")
+    import threading
+
+    from shipyard.generate.sequence import Request
+
+    got: dict[int, list[int]] = {}
+    done = threading.Event()
+
+    def emit_for(i: int) -> Any:
+        def emit(out: Any) -> None:
+            for d in out.deltas:
+                got.setdefault(i, []).extend(d.token_ids)
+            if out.finished and len(got) == len(PROMPTS) and all(len(v) == 20 for v in got.values()):
+                done.set()
+        return emit
+
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    try:
+        for i, prompt in enumerate(PROMPTS):  # all in one batch: decoders of different lengths
+            ids = runtime.tokenizer(prompt)["input_ids"]
+            eng.add(Request(f"r{i}", ids, params, 20, emit_for(i)))
+        assert done.wait(60)
+        for i, prompt in enumerate(PROMPTS):
+            assert got[i] == reference(runtime, prompt, 20), prompt
+    finally:
+        eng.close()
+
+
+def test_gpt2_gelu_fused_into_the_packed_matmul_or_computed_in_one_op(lm_folders: dict[str, Path]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(lm_folders["gpt2"])).eval()
+    x = torch.randn(7, model.config.n_embd)
+    mlp = model.transformer.h[0].mlp
+    with torch.inference_mode():
+        expected = mlp(x)
+        assert fuse_gelu_(mlp) == "one op" and isinstance(mlp.act, torch.nn.GELU)
+        torch.testing.assert_close(mlp(x), expected, atol=1e-5, rtol=1e-5)
+        assert pack_linears_(mlp) == 2 and isinstance(mlp.c_fc, PackedLinear)
+        assert fuse_gelu_(mlp) == "fused" and isinstance(mlp.act, torch.nn.Identity)
+        assert mlp.c_fc.activation == ("gelu", "tanh")
+        torch.testing.assert_close(mlp(x), expected, atol=1e-5, rtol=1e-5)
