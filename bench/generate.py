@@ -209,7 +209,7 @@ def llama_cells(folder: Path, prompt: int, new: int, threads: int, concurrencies
     # No ignore_eos there: a strong negative bias on the end-of-text token keeps every stream to `new` tokens.
     extra = {"logit_bias": {str(eos): -100.0}} if eos is not None else {}
     cells = []
-    for outtype in ("f32", "q8_0"):
+    for outtype in os.environ.get("LLAMA_TYPES", "f32,q8_0").split(","):
         model = to_gguf(folder, outtype)
         port = free_port()
         log = open(WORK / f"llama-server-{outtype}.log", "w")

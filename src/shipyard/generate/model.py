@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,7 @@ class StepBatch:
     decode_lengths: torch.Tensor | None = None  # [B] tokens each decoder attends to, its new one included
     decode_slots: torch.Tensor | None = None  # [B, L] cache slots each decoder attends to (torch path)
     decode_mask: torch.Tensor | None = None  # [B, 1, 1, L] True where the slot is part of the sequence
+    decode_plan: Any = None  # native.DecodePlan, when the native kernel attends
     prefills: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
     logit_rows: torch.Tensor | None = None  # rows whose next-token logits are wanted
 
@@ -72,6 +74,10 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         op, algorithm = self.activation
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, op, [], algorithm)
+
+    def direct(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        linear, weight, bias, (op, algorithm) = torch.ops.mkldnn._linear_pointwise, self.weight, self.bias, self.activation
+        return lambda x: linear(x, weight, bias, op, [], algorithm)
 
     def extra_repr(self) -> str:
         post = f", then {self.activation[0]}" if self.activation[0] != "none" else ""
@@ -121,13 +127,25 @@ def fuse_gelu_(mlp: nn.Module) -> str:
     return "one op"
 
 
+Rows = Callable[[torch.Tensor], torch.Tensor]
+
+
+def direct(module: nn.Module) -> Rows:
+    """`module`'s computation on 2-D rows without nn.Module's call machinery (hook checks; the engine
+    sets no hooks). A GPT-2-small decode step calls ~150 modules; going around the machinery, and
+    through a module's own `direct()` where it has one (a lean path for contiguous fp32 rows), took
+    the int8 single-stream step here from 8.9 to 8.1 ms (best of 30, A/B runs)."""
+    lean = getattr(module, "direct", None)
+    return lean() if callable(lean) else module.forward
+
+
 @dataclass
 class Layer:
-    norm1: nn.Module
+    norm1: Rows
     qkv: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-    out: nn.Module
-    norm2: nn.Module
-    mlp: nn.Module
+    out: Rows
+    norm2: Rows
+    mlp: Rows
 
 
 class PagedLM:
@@ -143,7 +161,7 @@ class PagedLM:
         self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads)
         self.vocab_size = int(cfg.vocab_size)
-        self.lm_head = model.get_output_embeddings()
+        self.lm_head = direct(model.get_output_embeddings())
         if family == "gpt2":
             base = model.transformer
             self.max_positions = int(cfg.n_positions)
@@ -151,7 +169,7 @@ class PagedLM:
                 for block in base.h:
                     fuse_gelu_(block.mlp)
             self.layers = [self._gpt2_layer(b) for b in base.h]
-            self.final_norm = base.ln_f
+            self.final_norm = direct(base.ln_f)
             self.scale = (self.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0)
             if cfg.scale_attn_by_inverse_layer_idx or cfg.reorder_and_upcast_attn:
                 raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx or "
@@ -160,7 +178,7 @@ class PagedLM:
             base = model.model
             self.max_positions = int(cfg.max_position_embeddings)
             self.layers = [self._llama_layer(b) for b in base.layers]
-            self.final_norm = base.norm
+            self.final_norm = direct(base.norm)
             self.scale = self.head_dim ** -0.5
         self.base = base
         dtype = next(model.parameters()).dtype
@@ -188,27 +206,31 @@ class PagedLM:
 
     # -- families --------------------------------------------------------------------------
     def _gpt2_layer(self, block: nn.Module) -> Layer:
-        attn = block.attn
-        width = self.heads * self.head_dim
+        width, heads, dim = self.heads * self.head_dim, self.heads, self.head_dim
+        c_attn = direct(block.attn.c_attn)
 
         def qkv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            q, k, v = attn.c_attn(x).split(width, dim=-1)
+            q, k, v = c_attn(x).split(width, dim=-1)
             t = x.shape[0]
-            return (q.view(t, self.heads, self.head_dim), k.view(t, self.heads, self.head_dim),
-                    v.view(t, self.heads, self.head_dim))
+            return q.view(t, heads, dim), k.view(t, heads, dim), v.view(t, heads, dim)
 
-        return Layer(block.ln_1, qkv, attn.c_proj, block.ln_2, block.mlp)
+        fc, proj = direct(block.mlp.c_fc), direct(block.mlp.c_proj)
+        act = None if isinstance(block.mlp.act, nn.Identity) else direct(block.mlp.act)
+        mlp = (lambda x: proj(fc(x))) if act is None else (lambda x: proj(act(fc(x))))  # eval: no dropout
+        return Layer(direct(block.ln_1), qkv, direct(block.attn.c_proj), direct(block.ln_2), mlp)
 
     def _llama_layer(self, block: nn.Module) -> Layer:
-        attn = block.self_attn
+        attn, heads, kv_heads, dim = block.self_attn, self.heads, self.kv_heads, self.head_dim
+        q_proj, k_proj, v_proj = direct(attn.q_proj), direct(attn.k_proj), direct(attn.v_proj)
 
         def qkv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             t = x.shape[0]
-            return (attn.q_proj(x).view(t, self.heads, self.head_dim),
-                    attn.k_proj(x).view(t, self.kv_heads, self.head_dim),
-                    attn.v_proj(x).view(t, self.kv_heads, self.head_dim))
+            return q_proj(x).view(t, heads, dim), k_proj(x).view(t, kv_heads, dim), v_proj(x).view(t, kv_heads, dim)
 
-        return Layer(block.input_layernorm, qkv, attn.o_proj, block.post_attention_layernorm, block.mlp)
+        gate, up, down, act = (direct(block.mlp.gate_proj), direct(block.mlp.up_proj), direct(block.mlp.down_proj),
+                               direct(block.mlp.act_fn))
+        return Layer(direct(block.input_layernorm), qkv, direct(attn.o_proj), direct(block.post_attention_layernorm),
+                     lambda x: down(act(gate(x)) * up(x)))
 
     # -- one step --------------------------------------------------------------------------
     def slot(self, blocks: list[int], position: int) -> int:
@@ -239,7 +261,12 @@ class PagedLM:
             table = torch.tensor([(s.blocks + [0] * width)[:width] for s in decoders])
             lengths = torch.tensor([s.start + 1 for s in decoders])
             batch.decode_table, batch.decode_lengths = table, lengths
-            if not self.native_attention:
+            if self.native_attention:
+                from shipyard.generate import native
+
+                batch.decode_plan = native.DecodePlan(table, lengths, bs, self.heads, self.kv_heads, self.head_dim,
+                                                      self.scale)
+            else:
                 # Past its length a row re-reads its own last token: the mask hides it, and every
                 # slot read holds a real value (an unwritten slot may hold NaN, and 0 * NaN is NaN).
                 span = torch.arange(longest)
@@ -270,12 +297,8 @@ class PagedLM:
         out = torch.empty(q.shape, dtype=q.dtype)
         gqa = self.heads != self.kv_heads
         d = batch.decodes
-        if d and self.native_attention:
-            from shipyard.generate import native
-
-            assert batch.decode_table is not None and batch.decode_lengths is not None
-            native.decode_attention(q[:d], keys, values, batch.decode_table, self.pool.block_size,
-                                    batch.decode_lengths, self.scale, out[:d])
+        if d and batch.decode_plan is not None:
+            batch.decode_plan.run(q[:d], keys, values, out[:d])
         elif d:
             assert batch.decode_slots is not None
             # index_select copies whole rows: 2-3x faster here than advanced indexing (keys[slots]).

@@ -103,28 +103,42 @@ def available() -> str | None:
     return None
 
 
+class DecodePlan:
+    """One step's decode attention, set up once and run at every layer: the block table, lengths
+    and scratch scores are the same for all layers, only the query, pools and output change."""
+
+    def __init__(self, table: torch.Tensor, lengths: torch.Tensor, block_size: int, heads: int, kv_heads: int,
+                 dim: int, scale: float) -> None:
+        if heads % kv_heads or table.dtype != torch.int64 or lengths.dtype != torch.int64:
+            raise ValueError("decode_attention: heads must be a multiple of kv_heads; table and lengths int64")
+        self.table, self.lengths = table.contiguous(), lengths.contiguous()
+        self.batch = int(self.lengths.shape[0])
+        self.longest = max(int(self.lengths.max()), 1) if self.batch else 1
+        if self.longest > self.table.shape[1] * block_size:
+            raise ValueError("decode_attention: a length reaches past its block table")
+        self.heads, self.kv_heads, self.dim = heads, kv_heads, dim
+        self.scores = torch.empty(self.batch * heads * self.longest)
+        self._fixed = (self.table.data_ptr(), self.table.shape[1], block_size, self.lengths.data_ptr())
+        self._call = load().shipyard_decode_attention
+        self.scale = scale
+
+    def run(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
+        """q [B, H, D] fp32 (rows may be strided, heads and dims contiguous); keys, values
+        [slots, Hkv, D] contiguous fp32; out [B, H, D] contiguous fp32."""
+        if not (q.dtype == keys.dtype == values.dtype == out.dtype == torch.float32):
+            raise TypeError("decode_attention is fp32 only")
+        if (q.shape != (self.batch, self.heads, self.dim) or keys.shape[1:] != (self.kv_heads, self.dim)
+                or q.stride(2) != 1 or q.stride(1) != self.dim or out.shape != q.shape
+                or not (keys.is_contiguous() and values.is_contiguous() and out.is_contiguous())):
+            raise ValueError("decode_attention: shapes differ from the plan's, or heads and pools are not contiguous")
+        self._call(q.data_ptr(), q.stride(0), keys.data_ptr(), values.data_ptr(), *self._fixed, out.data_ptr(),
+                   self.scores.data_ptr(), self.longest, self.batch, self.heads, self.kv_heads, self.dim,
+                   self.scale, torch.get_num_threads())
+
+
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, table: torch.Tensor,
                      block_size: int, lengths: torch.Tensor, scale: float, out: torch.Tensor) -> None:
-    """Attention of one query per sequence over its paged keys and values, written into `out`.
-
-    q [B, H, D] fp32 (rows may be strided, heads and dims contiguous); keys, values [slots, Hkv, D]
-    contiguous fp32; table [B, W] int64 block ids; lengths [B] int64 (tokens attended, the new one
-    included, each <= W * block_size); out [B, H, D] contiguous fp32."""
-    batch, heads, dim = q.shape
-    kv_heads = keys.shape[1]
-    if not (q.dtype == keys.dtype == values.dtype == out.dtype == torch.float32):
-        raise TypeError("decode_attention is fp32 only")
-    if q.stride(2) != 1 or q.stride(1) != dim or not (keys.is_contiguous() and values.is_contiguous()
-                                                        and out.is_contiguous()):
-        raise ValueError("decode_attention needs contiguous heads and pools")
-    if heads % kv_heads or table.dtype != torch.int64 or lengths.dtype != torch.int64:
-        raise ValueError("decode_attention: heads must be a multiple of kv_heads; table and lengths int64")
-    table, lengths = table.contiguous(), lengths.contiguous()
-    longest = int(lengths.max()) if batch else 0
-    if longest > table.shape[1] * block_size:
-        raise ValueError("decode_attention: a length reaches past its block table")
-    scores = torch.empty(batch * heads * max(longest, 1))
-    load().shipyard_decode_attention(q.data_ptr(), q.stride(0), keys.data_ptr(), values.data_ptr(),
-                                     table.data_ptr(), table.shape[1], block_size, lengths.data_ptr(),
-                                     out.data_ptr(), scores.data_ptr(), max(longest, 1), batch, heads, kv_heads,
-                                     dim, scale, torch.get_num_threads())
+    """Attention of one query per sequence over its paged keys and values, written into `out`:
+    table [B, W] int64 block ids, lengths [B] int64 (tokens attended, the new one included, each
+    <= W * block_size); the rest as in `DecodePlan.run`."""
+    DecodePlan(table, lengths, block_size, q.shape[1], keys.shape[1], q.shape[2], scale).run(q, keys, values, out)

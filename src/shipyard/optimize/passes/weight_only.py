@@ -65,7 +65,7 @@ KERNELS: dict[str, Callable[[torch.Tensor, WeightOnlyLinear], torch.Tensor]] = {
 }
 
 
-def _prepack_int8(qweight: torch.Tensor, scales: torch.Tensor) -> Any:
+def _prepack_int8(qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> Any:
     import warnings
 
     engines = torch.backends.quantized.supported_engines
@@ -75,7 +75,7 @@ def _prepack_int8(qweight: torch.Tensor, scales: torch.Tensor) -> Any:
         warnings.simplefilter("ignore")
         qw = torch._make_per_channel_quantized_tensor(
             qweight, scales.double(), torch.zeros(qweight.shape[0], dtype=torch.long), 0)
-        return torch.ops.quantized.linear_prepack(qw, None)
+        return torch.ops.quantized.linear_prepack(qw, bias)
 
 
 NOT_EXPORTABLE = frozenset({"int8-dynamic"})
@@ -109,7 +109,8 @@ class WeightOnlyLinear(nn.Module):
         if self.kernel == "int8-packed-bf16":  # derived, not saved
             self.register_buffer("scales_bf16", scales.to(torch.bfloat16), persistent=False)
         if self.kernel == "int8-dynamic":  # derived, not saved: the packed layout is this build's
-            self.packed = _prepack_int8(qweight, scales)
+            # The bias goes in too: the kernel adds it as it writes the output (one op fewer).
+            self.packed = _prepack_int8(qweight, scales, None if self.bias is None else self.bias.detach())
             # Without VNNI, u8 x s8 products can saturate 16-bit sums: use 7-bit activations there.
             from shipyard.optimize.cpu import has_vnni
 
@@ -152,11 +153,24 @@ class WeightOnlyLinear(nn.Module):
         w = (q - 8) * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
         return w.reshape(self.out_features, self.in_features)
 
+    @property
+    def _adds_bias(self) -> bool:
+        return self.bias is not None and self.kernel != "int8-dynamic"  # that kernel holds the bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         y = KERNELS[self.kernel](x.reshape(-1, shape[-1]).float().contiguous(), self)
         y = y.reshape(*shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+        return y + self.bias if self._adds_bias else y
+
+    def direct(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This layer on 2-D contiguous fp32 rows, for callers that guarantee them (the generation
+        engine): the kernel alone, without reshapes, copies or a module call."""
+        kernel = KERNELS[self.kernel]
+        if self._adds_bias:
+            bias = self.bias
+            return lambda x: kernel(x, self) + bias
+        return lambda x: kernel(x, self)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bits={self.bits}, group_size={self.group_size}, kernel={self.kernel}"
