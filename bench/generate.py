@@ -202,15 +202,20 @@ SHIPYARD_SPIN = {"GOMP_SPINCOUNT": "30000"}
 
 
 def llama_cells(folder: Path, prompt: int, new: int, threads: int, concurrencies: tuple[int, ...],
-                rounds: int) -> tuple[list[dict[str, Any]], str]:
+                rounds: int, shipyard_url: str, duel_rounds: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
     """llama-cpp-python's OpenAI server on GGUF f32 and q8_0 of the same checkpoint, in the user's
-    environment; then q8_0 at one stream with shipyard's OpenMP spin setting, for reference."""
+    environment; then q8_0 at one stream with shipyard's OpenMP spin setting, for reference.
+
+    Single-stream figures of either engine were seen to swing by a third between runs minutes apart
+    on this VM, so each llama.cpp format is also timed in a duel: `duel_rounds` alternating single-stream
+    runs of it and of shipyard's matching version (fp32 `bench`, q8_0 vs int8 `bench-int8`), the
+    shipyard server staying up beside it. Returns (cells, duels, note)."""
     import signal
     import subprocess
 
     python = LLAMA_VENV / "bin" / "python"
     if not python.is_file() or llama_source() is None:
-        return [], "llama.cpp cells skipped: run `make bench-llama-setup` first (builds llama-cpp-python, ~15 min)"
+        return [], [], "llama.cpp cells skipped: run `make bench-llama-setup` first (builds llama-cpp-python, ~15 min)"
     from transformers import AutoTokenizer
 
     from tests.fixtures import free_port
@@ -219,7 +224,8 @@ def llama_cells(folder: Path, prompt: int, new: int, threads: int, concurrencies
     eos = tok.eos_token_id
     # No ignore_eos there: a strong negative bias on the end-of-text token keeps every stream to `new` tokens.
     extra = {"logit_bias": {str(eos): -100.0}} if eos is not None else {}
-    cells = []
+    cells, duels = [], []
+    rival = {"f32": ("bench", "shipyard fp32"), "q8_0": ("bench-int8", "shipyard int8 weight-only")}
     runs = [("f32", {}, concurrencies), ("q8_0", {}, concurrencies), ("q8_0", SHIPYARD_SPIN, (1,))]
     for outtype, env, streams in runs:
         model = to_gguf(folder, outtype)
@@ -249,6 +255,19 @@ def llama_cells(folder: Path, prompt: int, new: int, threads: int, concurrencies
                 cells.append(cell)
                 print(f"  {label} c={c}: {cell['tokens_per_s']:.1f} tok/s, TTFT p50 {cell['ttft_s']:.3f} s, "
                       f"ITL p50 {cell['itl_p50_ms']:.1f} ms p99 {cell['itl_p99_ms']:.1f} ms", flush=True)
+            if not env and duel_rounds:
+                mine, name = rival[outtype]
+                theirs: list[float] = []
+                ours: list[float] = []
+                for _ in range(duel_rounds):
+                    ours.append(asyncio.run(server_cell(shipyard_url, 1, prompt, new, 1, mine))["tokens_per_s"])
+                    theirs.append(asyncio.run(server_cell(url, 1, prompt, new, 1, "bench", label,
+                                                          as_text=lambda ids: tok.decode(ids),
+                                                          extra=extra))["tokens_per_s"])
+                duels.append({"shipyard": name, "llama.cpp": f"llama.cpp {outtype}", "shipyard_tok_s": ours,
+                              "llama_tok_s": theirs, "ratio_of_medians": statistics.median(ours) / statistics.median(theirs)})
+                print(f"  duel at 1 stream, {name} vs llama.cpp {outtype}: " + ", ".join(
+                    f"{a:.1f}/{b:.1f}" for a, b in zip(ours, theirs, strict=True)) + " tok/s", flush=True)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -256,10 +275,10 @@ def llama_cells(folder: Path, prompt: int, new: int, threads: int, concurrencies
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
-    return cells, ""
+    return cells, duels, ""
 
 
-def target_rows(cells: list[dict[str, Any]], bound: float) -> list[str]:
+def target_rows(cells: list[dict[str, Any]], bound: float, duels: list[dict[str, Any]] | None = None) -> list[str]:
     """Issue 5's targets, each checked against this run's cells."""
     def cell(prefix: str, streams: int) -> dict[str, Any] | None:
         return next((c for c in cells if c["engine"].startswith(prefix) and c["concurrency"] == streams), None)
@@ -271,7 +290,12 @@ def target_rows(cells: list[dict[str, Any]], bound: float) -> list[str]:
         rows.append((f"fp32 single stream >= 60% of the bound ({0.6 * bound:.1f} tok/s)",
                      f"{fp32['tokens_per_s']:.1f} tok/s ({fp32['tokens_per_s'] / bound:.0%})",
                      fp32["tokens_per_s"] >= 0.6 * bound))
-    if int8 and llama8:
+    duel = next((d for d in duels or [] if d["llama.cpp"] == "llama.cpp q8_0"), None)
+    if duel:
+        ours, theirs = statistics.median(duel["shipyard_tok_s"]), statistics.median(duel["llama_tok_s"])
+        rows.append((f"int8 single stream >= llama.cpp q8_0 server (duel medians: {theirs:.1f} tok/s)",
+                     f"{ours:.1f} tok/s ({duel['ratio_of_medians']:.2f}x)", ours >= theirs))
+    elif int8 and llama8:
         rows.append((f"int8 single stream >= llama.cpp q8_0 server ({llama8['tokens_per_s']:.1f} tok/s)",
                      f"{int8['tokens_per_s']:.1f} tok/s ({int8['tokens_per_s'] / llama8['tokens_per_s']:.2f}x)",
                      int8["tokens_per_s"] >= llama8["tokens_per_s"]))
@@ -290,6 +314,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1, help="rounds of `concurrency` requests per cell")
     ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp cells")
+    ap.add_argument("--duel-rounds", type=int, default=3,
+                    help="alternating single-stream runs of shipyard and llama.cpp, per llama.cpp format")
     args = ap.parse_args()
     prompt, new = (32, 16) if args.quick else (128, 128)
     layers = 2 if args.quick else 12
@@ -337,14 +363,17 @@ def main() -> None:
             last = cells[-1]
             print(f"  {label} c={c}: {last['tokens_per_s']:.1f} tok/s, TTFT p50 {last['ttft_s']:.3f} s, "
                   f"ITL p50 {last['itl_p50_ms']:.1f} ms p99 {last['itl_p99_ms']:.1f} ms", flush=True)
+        llama_note, duels = "llama.cpp cells skipped (--no-llama)", []
+        if not args.no_llama:
+            more, duels, llama_note = llama_cells(folder, prompt, new, args.threads,
+                                                  (1, 4) if args.quick else (1, 4, 16), args.rounds, server.url,
+                                                  args.duel_rounds)
+            cells += more
+            if llama_note:
+                print(llama_note, flush=True)
     finally:
         server.stop()
-    llama_note = "llama.cpp cells skipped (--no-llama)"
-    if not args.no_llama:
-        more, llama_note = llama_cells(folder, prompt, new, args.threads, (1, 4) if args.quick else (1, 4, 16), args.rounds)
-        cells += more
-        if llama_note:
-            print(llama_note, flush=True)
+    bw_after = bandwidth_gbs(args.threads)
     single = next(c for c in cells if c["engine"].startswith("shipyard server") and c["concurrency"] == 1)
     single8 = next(c for c in cells if c["engine"].startswith("shipyard int8") and c["concurrency"] == 1)
     blocks = 12 * cfg.n_layer * cfg.n_embd**2
@@ -358,17 +387,17 @@ def main() -> None:
                     "torch": torch.__version__, "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "setup": {"prompt_tokens": prompt, "new_tokens": new, "layers": layers, "parameters": params,
                   "quick": args.quick},
-        "bandwidth_gbs": bw, "fp32_decode_bound_tok_s": bound,
+        "bandwidth_gbs": bw, "bandwidth_gbs_after": bw_after, "fp32_decode_bound_tok_s": bound,
         "single_stream_share_of_bound": single["tokens_per_s"] / bound,
         "int8_decode_bound_tok_s": bound8, "int8_single_stream_share_of_bound": single8["tokens_per_s"] / bound8,
         "int8_notes": int8_notes,
-        "cells": cells,
+        "cells": cells, "duels": duels,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "generate-quick" if args.quick else "generate"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
     lines = [f"# Generation benchmark ({'quick' if args.quick else 'GPT-2-small size'}, prompt {prompt}, {new} new tokens, greedy)",
-             "", f"Read bandwidth {bw:.1f} GB/s -> fp32 decode bound {bound:.1f} tok/s; shipyard single stream "
+             "", f"Read bandwidth {bw:.1f} GB/s ({bw_after:.1f} at the end) -> fp32 decode bound {bound:.1f} tok/s; shipyard single stream "
              f"= {result['single_stream_share_of_bound']:.0%} of it. Load average before/after: "
              f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f} (other work on the machine disturbs these figures).",
              "", f"int8 weight-only decode bound {bound8:.1f} tok/s (int8 blocks, {'int8' if head_int8 else 'fp32 tied'} LM head); "
@@ -380,7 +409,12 @@ def main() -> None:
         p99 = f"{c['itl_p99_ms']:.1f}" if c["itl_p99_ms"] is not None else "-"
         lines.append(f"| {c['engine']} | {c['concurrency']} | {c['tokens_per_s']:.1f} | {c['ttft_s']:.3f} | "
                      f"{c['itl_p50_ms']:.1f} | {p99} |")
-    lines += ["", "| target (issue 5) | this run | met |", "| --- | --- | --- |", *target_rows(cells, bound)]
+    if duels:
+        lines += ["", "Duels at 1 stream (alternating runs, tok/s):", "",
+                  "| shipyard | tok/s per run | llama.cpp | tok/s per run | ratio of medians |", "| --- | --- | --- | --- | ---: |"]
+        lines += [f"| {d['shipyard']} | {', '.join(f'{v:.1f}' for v in d['shipyard_tok_s'])} | {d['llama.cpp']} | "
+                  f"{', '.join(f'{v:.1f}' for v in d['llama_tok_s'])} | {d['ratio_of_medians']:.2f}x |" for d in duels]
+    lines += ["", "| target (issue 5) | this run | met |", "| --- | --- | --- |", *target_rows(cells, bound, duels)]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
