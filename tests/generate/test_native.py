@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from shipyard.errors import InvalidInput
-from shipyard.generate import SamplingParams, native
+from shipyard.generate import SamplingParams
+from shipyard.kernels import native
 from shipyard.generate.model import PackedLinear, fuse_gelu_, pack_linears_
 from tests.generate.test_engine import PROMPTS, open_engine, reference
 

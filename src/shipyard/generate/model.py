@@ -193,7 +193,7 @@ class PagedLM:
         builds here and the cache is fp32; 'native' insists."""
         if asked == "torch":
             return False, "torch (as configured)"
-        from shipyard.generate import native
+        from shipyard.kernels import native
 
         why = native.available() if dtype == torch.float32 else f"the kernel is fp32 only (this cache is {dtype})"
         if why is None:
@@ -262,7 +262,7 @@ class PagedLM:
             lengths = torch.tensor([s.start + 1 for s in decoders])
             batch.decode_table, batch.decode_lengths = table, lengths
             if self.native_attention:
-                from shipyard.generate import native
+                from shipyard.kernels import native
 
                 batch.decode_plan = native.DecodePlan(table, lengths, bs, self.heads, self.kv_heads, self.head_dim,
                                                       self.scale)

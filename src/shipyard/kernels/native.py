@@ -1,4 +1,5 @@
-"""shipyard's own CPU kernels for the engine, in C, compiled once per machine and loaded with ctypes.
+"""shipyard's own CPU kernels, in C, compiled once per machine and loaded with ctypes (for now, the
+generation engine's decode attention over the paged KV cache).
 
 A kernel is built on first use with the system C compiler for the CPU it runs on (`-march=native`)
 into a cache folder keyed by the source, the compiler and the CPU, so later processes load it at
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("shipyard.generate")
-SOURCE = Path(__file__).with_name("csrc") / "paged_attention.c"
+SOURCE = Path(__file__).with_name("csrc") / "shipyard_kernels.c"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 ABI_VERSION = 1
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
@@ -55,7 +56,7 @@ def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()
                          + _cpu_flags().encode()).hexdigest()[:16]
-    target = cache_dir() / f"paged_attention-{key}.so"
+    target = cache_dir() / f"shipyard_kernels-{key}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -142,3 +143,4 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     table [B, W] int64 block ids, lengths [B] int64 (tokens attended, the new one included, each
     <= W * block_size); the rest as in `DecodePlan.run`."""
     DecodePlan(table, lengths, block_size, q.shape[1], keys.shape[1], q.shape[2], scale).run(q, keys, values, out)
+

@@ -5,7 +5,7 @@
  * read twice. Here each (sequence, head) pair reads its keys once for the scores and its values
  * once for the weighted sum, in fp32, with a max-subtracted softmax.
  *
- * Built and loaded by shipyard/generate/native.py (gcc -O3 -march=native -ffast-math -fopenmp);
+ * Built and loaded by shipyard/kernels/native.py (gcc -O3 -march=native -ffast-math -fopenmp);
  * OpenMP resolves to the libgomp PyTorch already loaded, so both share one thread pool. */
 
 #include <float.h>
@@ -72,3 +72,4 @@ void shipyard_decode_attention(const float *q, int64_t q_row, const float *keys,
         }
     }
 }
+
