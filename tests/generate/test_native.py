@@ -51,6 +51,30 @@ def test_decode_attention_equals_sdpa_over_gathered_keys(heads: int, kv_heads: i
 
 
 @needs_native
+def test_one_call_writes_the_steps_keys_and_values_then_attends() -> None:
+    gen = torch.Generator().manual_seed(7)
+    heads, kv_heads, dim, block_size = 4, 2, 16, 4
+    keys = torch.randn(64, kv_heads, dim, generator=gen)
+    values = torch.randn(64, kv_heads, dim, generator=gen)
+    lengths = torch.tensor([5, 9])  # two decoders; their new tokens sit at positions 4 and 8
+    table = torch.tensor([[3, 7, 0], [1, 2, 5]])
+    slots = torch.tensor([7 * block_size + 0, 5 * block_size + 0, 40, 41])  # two decoders, then two prefill rows
+    # A fused projection's output: q, k, v side by side in each row, as GPT-2's c_attn gives them.
+    qkv = torch.randn(4, (heads + 2 * kv_heads) * dim, generator=gen)
+    q = qkv[:, : heads * dim].view(4, heads, dim)
+    k = qkv[:, heads * dim:(heads + kv_heads) * dim].view(4, kv_heads, dim)
+    v = qkv[:, (heads + kv_heads) * dim:].view(4, kv_heads, dim)
+    expected_keys, expected_values = keys.clone().index_copy_(0, slots, k), values.clone().index_copy_(0, slots, v)
+    expected = torch_decode_attention(q[:2], expected_keys, expected_values, table, block_size, lengths, 0.25)
+    out = torch.zeros(4, heads, dim)
+    native.DecodePlan(table, lengths, block_size, heads, kv_heads, dim, 0.25).write_and_run(q, k, v, slots, keys,
+                                                                                              values, out)
+    assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+    torch.testing.assert_close(out[:2], expected, atol=2e-5, rtol=1e-4)
+    assert not out[2:].any()  # prefill rows are attended elsewhere
+
+
+@needs_native
 def test_decode_attention_refuses_what_it_cannot_read() -> None:
     keys = values = torch.zeros(32, 2, 8)
     table = torch.zeros(1, 2, dtype=torch.long)

@@ -60,6 +60,16 @@ def test_int8_dynamic_kernel_quantizes_activations_too() -> None:
     err = (q(x) - ref).abs().max() / ref.abs().max()
     assert 0 < err < 0.02
     assert q(x[:1]).shape == (1, 96)  # one row (decode) as well as several
+    torch.testing.assert_close(q.direct()(x), q(x))  # the engine's lean path, bias (held in the packed weight) included
+
+
+@pytest.mark.parametrize("kernel", ["int8-packed", "int8-packed-bf16", "dequantize"])
+def test_the_lean_path_equals_the_module(kernel: str) -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48)
+    x = torch.randn(3, 64)
+    q = WeightOnlyLinear(lin, 8, 128, kernel)
+    torch.testing.assert_close(q.direct()(x), q(x))
 
 
 @pytest.mark.parametrize("kernel", ["int8-packed", "dequantize"])

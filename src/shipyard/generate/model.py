@@ -136,7 +136,15 @@ def direct(module: nn.Module) -> Rows:
     through a module's own `direct()` where it has one (a lean path for contiguous fp32 rows), took
     the int8 single-stream step here from 8.9 to 8.1 ms (best of 30, A/B runs)."""
     lean = getattr(module, "direct", None)
-    return lean() if callable(lean) else module.forward
+    if callable(lean):
+        return lean()
+    if type(module) is nn.LayerNorm and len(module.normalized_shape) == 1:
+        shape, weight, bias, eps = module.normalized_shape, module.weight, module.bias, module.eps
+        return lambda x: torch.layer_norm(x, shape, weight, bias, eps)
+    if type(module) is nn.GELU:
+        gelu, approximate = F.gelu, module.approximate
+        return lambda x: gelu(x, approximate=approximate)
+    return module.forward
 
 
 @dataclass
@@ -293,13 +301,20 @@ class PagedLM:
             return self.base.wte(batch.input_ids) + self.base.wpe(batch.positions)
         return self.base.embed_tokens(batch.input_ids)
 
-    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                batch: StepBatch) -> torch.Tensor:
+        """Write the step's new keys and values into this layer's cache, then attend: [T, H, D]."""
         out = torch.empty(q.shape, dtype=q.dtype)
-        gqa = self.heads != self.kv_heads
         d = batch.decodes
-        if d and batch.decode_plan is not None:
-            batch.decode_plan.run(q[:d], keys, values, out[:d])
-        elif d:
+        if batch.decode_plan is not None:  # one native call: the writes and the decoders' attention
+            batch.decode_plan.write_and_run(q, k, v, batch.write_slots, keys, values, out)
+            if batch.prefills:
+                self._attend_prefills(q, keys, values, batch, out)
+            return out
+        keys.index_copy_(0, batch.write_slots, k)
+        values.index_copy_(0, batch.write_slots, v)
+        gqa = self.heads != self.kv_heads
+        if d:
             assert batch.decode_slots is not None
             # index_select copies whole rows: 2-3x faster here than advanced indexing (keys[slots]).
             b, span = batch.decode_slots.shape
@@ -309,6 +324,12 @@ class PagedLM:
             o = F.scaled_dot_product_attention(q[:d].unsqueeze(2), k, v, attn_mask=batch.decode_mask,
                                                scale=self.scale, enable_gqa=gqa)
             out[:d] = o.squeeze(2)
+        self._attend_prefills(q, keys, values, batch, out)
+        return out
+
+    def _attend_prefills(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, batch: StepBatch,
+                         out: torch.Tensor) -> None:
+        gqa = self.heads != self.kv_heads
         for row, length, slots, mask in batch.prefills:
             qs = q[row:row + length].transpose(0, 1).unsqueeze(0)
             k = keys.index_select(0, slots).transpose(0, 1).unsqueeze(0)
@@ -316,7 +337,6 @@ class PagedLM:
             o = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, is_causal=mask is None,
                                                scale=self.scale, enable_gqa=gqa)
             out[row:row + length] = o[0].transpose(0, 1)
-        return out
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch) -> torch.Tensor:
@@ -329,17 +349,14 @@ class PagedLM:
             cos, sin = self.base.rotary_emb(h, batch.positions[None])
             cos, sin = cos[0][:, None, :], sin[0][:, None, :]
             rope = (cos, sin, rotate_half)
-        t = h.shape[0]
+        t, width = h.shape[0], self.heads * self.head_dim
         for i, layer in enumerate(self.layers):
             q, k, v = layer.qkv(layer.norm1(h))
             if rope is not None:
                 cos, sin, rot = rope
                 q = q * cos + rot(q) * sin
                 k = k * cos + rot(k) * sin
-            keys, values = self.pool.keys[i], self.pool.values[i]
-            keys.index_copy_(0, batch.write_slots, k)
-            values.index_copy_(0, batch.write_slots, v)
-            a = self._attend(q, keys, values, batch).reshape(t, self.heads * self.head_dim)
+            a = self._attend(q, k, v, self.pool.keys[i], self.pool.values[i], batch).reshape(t, width)
             h = h + layer.out(a)
             h = h + layer.mlp(layer.norm2(h))
         assert batch.logit_rows is not None

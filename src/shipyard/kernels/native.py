@@ -89,6 +89,8 @@ def load() -> ctypes.CDLL:
         raise NativeUnavailable(f"native kernels could not be built or loaded: {e}") from None
     if lib.shipyard_abi_version() != ABI_VERSION:
         raise NativeUnavailable("a stale native kernel library was loaded; clear " + str(cache_dir()))
+    lib.shipyard_write_kv.restype = None
+    lib.shipyard_write_kv.argtypes = [_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _i64]
     lib.shipyard_decode_attention.restype = None
     lib.shipyard_decode_attention.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64,
                                               _i64, _i64, _i64, _i64, ctypes.c_float, ctypes.c_int]
@@ -121,7 +123,23 @@ class DecodePlan:
         self.scores = torch.empty(self.batch * heads * self.longest)
         self._fixed = (self.table.data_ptr(), self.table.shape[1], block_size, self.lengths.data_ptr())
         self._call = load().shipyard_decode_attention
+        self._write = load().shipyard_write_kv
         self.scale = scale
+        self._tail = (self.scores.data_ptr(), self.longest, self.batch, heads, kv_heads, dim, scale)
+
+    def write_and_run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor,
+                      keys: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
+        """The engine's hot path, once per layer: write the step's new keys and values k, v [T, Hkv, D]
+        (every row, prefill ones included) to their cache `slots` [T] (int64, contiguous), then attend
+        for the plan's decoders, the first rows of q. The engine made every tensor here itself: only
+        the layouts the kernel relies on are checked."""
+        if not (q.stride(2) == k.stride(2) == v.stride(2) == 1 and q.stride(1) == k.stride(1) == v.stride(1)
+                == self.dim and out.is_contiguous() and keys.is_contiguous() and values.is_contiguous()):
+            raise ValueError("decode_attention: heads and dims must be contiguous")
+        self._write(k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), slots.data_ptr(), k.shape[0],
+                    keys.data_ptr(), values.data_ptr(), self.kv_heads * self.dim)
+        self._call(q.data_ptr(), q.stride(0), keys.data_ptr(), values.data_ptr(), *self._fixed, out.data_ptr(),
+                   *self._tail, torch.get_num_threads())
 
     def run(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
         """q [B, H, D] fp32 (rows may be strided, heads and dims contiguous); keys, values

@@ -20,6 +20,22 @@ int shipyard_abi_version(void) { return 1; }
  * lengths: [batch] tokens each sequence attends to (its cached ones and the new one)
  * out:     [batch, heads, dim] contiguous
  * scores:  scratch, [batch, heads, max length] */
+/* Before attending, the step's new keys and values (one row per new token, `rows` of them, rows
+ * `k_row` / `v_row` floats apart) are written to their cache slots, so one call per layer does what
+ * two index_copy_ calls and the attention did. */
+void shipyard_write_kv(const float *k, int64_t k_row, const float *v, int64_t v_row, const int64_t *slots,
+                       int64_t rows, float *keys, float *values, int64_t slot_row)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *kd = keys + slots[r] * slot_row, *vd = values + slots[r] * slot_row;
+        const float *ks = k + r * k_row, *vs = v + r * v_row;
+        for (int64_t i = 0; i < slot_row; i++) {
+            kd[i] = ks[i];
+            vd[i] = vs[i];
+        }
+    }
+}
+
 void shipyard_decode_attention(const float *q, int64_t q_row, const float *keys, const float *values,
                                const int64_t *table, int64_t table_width, int64_t block_size,
                                const int64_t *lengths, float *out, float *scores, int64_t max_length,

@@ -166,6 +166,9 @@ class WeightOnlyLinear(nn.Module):
     def direct(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """This layer on 2-D contiguous fp32 rows, for callers that guarantee them (the generation
         engine): the kernel alone, without reshapes, copies or a module call."""
+        if self.kernel == "int8-dynamic":
+            linear_dynamic, packed, reduce_range = torch.ops.quantized.linear_dynamic, self.packed, self.reduce_range
+            return lambda x: linear_dynamic(x, packed, reduce_range)
         kernel = KERNELS[self.kernel]
         if self._adds_bias:
             bias = self.bias
