@@ -287,9 +287,12 @@ def target_rows(cells: list[dict[str, Any]], bound: float, duels: list[dict[str,
     llama8 = cell("llama.cpp server q8_0 (", 1)
     rows = []
     if fp32:
+        # Every single-stream run of it: its cell, and its duel runs when there were duels.
+        runs = [fp32["tokens_per_s"], *next((d["shipyard_tok_s"] for d in duels or [] if d["llama.cpp"] == "llama.cpp f32"), [])]
+        single = statistics.median(runs)
         rows.append((f"fp32 single stream >= 60% of the bound ({0.6 * bound:.1f} tok/s)",
-                     f"{fp32['tokens_per_s']:.1f} tok/s ({fp32['tokens_per_s'] / bound:.0%})",
-                     fp32["tokens_per_s"] >= 0.6 * bound))
+                     f"{single:.1f} tok/s ({single / bound:.0%}; median of {len(runs)} runs: "
+                     f"{', '.join(f'{r:.1f}' for r in runs)})", single >= 0.6 * bound))
     duel = next((d for d in duels or [] if d["llama.cpp"] == "llama.cpp q8_0"), None)
     if duel:
         ours, theirs = statistics.median(duel["shipyard_tok_s"]), statistics.median(duel["llama_tok_s"])
