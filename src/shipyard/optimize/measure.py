@@ -5,6 +5,8 @@ data. Without labels, accuracy is agreement with a reference's predictions (the 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,23 @@ def _open(path: Path, fmt: str, signature: Signature, threads: int, extra: dict[
     return runtime
 
 
+Versions = dict[str, tuple[Path, str, dict[str, Any]]]  # {key: (folder, format, manifest extra)}
+
+
+@contextmanager
+def _loaded_together(versions: Versions, signature: Signature, threads: int) -> Iterator[dict[str, Any]]:
+    """The runtimes of `versions`, all loaded at once; every one that loaded is unloaded on the way
+    out, also when a later one fails to load or timing fails."""
+    runtimes: dict[str, Any] = {}
+    try:
+        for k, (path, fmt, extra) in versions.items():
+            runtimes[k] = _open(path, fmt, signature, threads, extra)
+        yield runtimes
+    finally:
+        for rt in runtimes.values():
+            rt.unload()
+
+
 def _quality(runtime: Any, path: Path, fmt: str, signature: Signature, data: Dataset,
              reference: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
     out = signature.outputs[0].name
@@ -149,16 +168,13 @@ def measure(path: Path, fmt: str, signature: Signature, data: Dataset, threads: 
         runtime.unload()
 
 
-def measure_side_by_side(versions: dict[str, tuple[Path, str, dict[str, Any]]], signature: Signature,
-                         data: Dataset, threads: int, reference_key: str | None = None,
+def measure_side_by_side(versions: Versions, signature: Signature, data: Dataset, threads: int,
+                         reference_key: str | None = None,
                          budget_s: float = 2.0, rounds: int = 4) -> dict[str, dict[str, Any]]:
     """Metrics of several versions ({key: (folder, format, manifest extra)}) loaded together, their
     latencies timed in alternating rounds so their ratios hold on a machine whose load drifts.
     Without labels, accuracy is agreement with the predictions of `reference_key`."""
-    runtimes: dict[str, Any] = {}
-    try:
-        for k, (path, fmt, extra) in versions.items():
-            runtimes[k] = _open(path, fmt, signature, threads, extra)
+    with _loaded_together(versions, signature, threads) as runtimes:
         metrics: dict[str, dict[str, Any]] = {}
         reference = None
         if data.labels is None and reference_key is not None:
@@ -169,9 +185,16 @@ def measure_side_by_side(versions: dict[str, tuple[Path, str, dict[str, Any]]], 
         for k, lat in _latencies(runtimes, signature, data, budget_s, rounds).items():
             metrics[k].update(lat)
         return metrics
-    finally:
-        for rt in runtimes.values():
-            rt.unload()
+
+
+def latencies_side_by_side(versions: Versions, signature: Signature, data: Dataset, threads: int,
+                           budget_s: float = 2.0, rounds: int = 4) -> dict[str, dict[str, float]]:
+    """Latency p50/p99 at each batch size of several saved versions ({key: (folder, format, manifest
+    extra)}), loaded together and timed in alternating rounds, then unloaded. Timed one after the
+    other, versions a few microseconds apart are ranked by the machine's noise rather than by their
+    speed; side by side, their ratios hold while the load drifts."""
+    with _loaded_together(versions, signature, threads) as runtimes:
+        return _latencies(runtimes, signature, data, budget_s, rounds)
 
 
 DELTA_KEYS = ("size_bytes", "parameters", "nonzero_parameters", "latency_b1_p50_ms", "latency_b32_p50_ms",

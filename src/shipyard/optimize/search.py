@@ -24,7 +24,7 @@ from rich.table import Table
 from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact, load_artifact
 from shipyard.optimize.data import DataSpec
-from shipyard.optimize.measure import measure
+from shipyard.optimize.measure import latencies_side_by_side, measure
 from shipyard.optimize.passes import Context
 from shipyard.optimize.recipe import ONNX_PASSES, PRESETS, parse_recipe, preset
 from shipyard.optimize.runner import Result, apply_recipe, optimize, resolve_data, save_artifact
@@ -121,20 +121,14 @@ class _Evaluator:
         """Time the finalists again, loaded together, in alternating rounds. Timed one after the
         other, candidates a few microseconds apart were ranked by the machine's noise: the winner
         of the search then lost to a single preset when both were measured again."""
-        from shipyard.optimize.measure import _latencies, _open
-
-        runtimes: dict[int, Any] = {}
-        try:
-            for i, c in enumerate(finalists):
-                assert c.saved is not None
-                path, fmt, extra = c.saved
-                runtimes[i] = _open(path, fmt, self.parent.signature, self.threads, extra)
-            times = _latencies(runtimes, self.parent.signature, self.data[0], max(self.budget_s, 1.0), rounds=6)
-        finally:
-            for rt in runtimes.values():
-                rt.unload()
+        versions: dict[str, tuple[Path, str, dict[str, Any]]] = {}
         for i, c in enumerate(finalists):
-            c.metrics.update(times[i])
+            assert c.saved is not None
+            versions[str(i)] = c.saved
+        times = latencies_side_by_side(versions, self.parent.signature, self.data[0], self.threads,
+                                       max(self.budget_s, 1.0), rounds=6)
+        for i, c in enumerate(finalists):
+            c.metrics.update(times[str(i)])
             c.retimed = True
 
     def build(self, steps: list[dict[str, Any]], folder: Path) -> Artifact:
