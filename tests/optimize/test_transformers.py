@@ -182,3 +182,81 @@ def test_pruned_bert_exports_with_attention_fused_for_the_heads_left(tiny_copy: 
     onnx_art = export(art, Export(), ctx)
     assert ctx.facts["onnx_fusions"].get("Attention") == 2
     assert np.abs(run_artifact(onnx_art, sample)["logits"] - before).max() < 1e-6
+
+
+def test_pruned_gpt2_onnx_stores_its_tied_embedding_once(tiny_copy: Repository) -> None:
+    """The exporter writes GPT-2's wte twice (Gather table [V, H], lm_head MatMul weight [H, V]);
+    a pruned GPT-2 is mostly those two copies. The saved file holds one, and runs as the torch model."""
+    from shipyard.optimize.parity import check_parity
+
+    pruned = optimize(tiny_copy.root, "gpt2:1", recipe=[{"pass": "prune-structured", "amount": 0.5}],
+                      eval_data=token_data(), **FAST)  # torch-export: the same pruning, not exported
+    result = optimize(tiny_copy.root, "gpt2:1", preset_name="prune-structured-50", eval_data=token_data(), **FAST)
+    folder = tiny_copy.path("gpt2", result.manifest.version)
+    model = onnx.load(str(folder / "model.onnx"))
+    tables = [t for t in model.graph.initializer if sorted(t.dims) == [32, 100]]  # vocab 100 x n_embd 32
+    assert len(tables) == 1 and list(tables[0].dims) == [100, 32]
+    readers = {n.op_type for n in model.graph.node if tables[0].name in n.input}
+    assert readers == {"Gather", "Transpose"}
+    assert result.report["facts"]["tied_stored_once"] == [tables[0].name]
+    assert any("stored once" in n for n in result.report["notes"])
+    # Counted once: at most the pruned torch count (the export also shares the random model's equal
+    # layer-norm and bias constants), and more than that less the table.
+    parent, torch_new, new = (r["metrics"]["parameters"] for r in
+                              (result.report["rows"][0], pruned.report["rows"][-1], result.report["rows"][-1]))
+    assert torch_new - 100 * 32 < new <= torch_new < parent
+    inputs = {"input_ids": np.random.default_rng(1).integers(0, 100, (3, 5)),
+              "attention_mask": np.ones((3, 5), np.int64)}
+    outs = []
+    for r in (pruned, result):
+        rt = runtime_for(r.manifest, tiny_copy.path("gpt2", r.manifest.version), RuntimeOptions(threads=1))
+        rt.load()
+        outs.append(rt.infer(inputs, ["logits"]))
+    check_parity("pruned GPT-2, torch vs ONNX stored once", outs[0], outs[1], 1e-4, 1e-3)
+    # An ONNX source stored this way: the quantizer sees the head's weight again, and int8-dynamic
+    # stores the tied table once as before (the head's int8 [H, V]).
+    q = optimize(tiny_copy.root, f"gpt2:{result.manifest.version}", preset_name="int8-dynamic",
+                 eval_data=token_data(), **FAST)
+    qmodel = onnx.load(str(tiny_copy.path("gpt2", q.manifest.version) / "model.onnx"))
+    int8 = [list(t.dims) for t in qmodel.graph.initializer if t.data_type == onnx.TensorProto.INT8 and
+            sorted(t.dims) == [32, 100]]
+    assert int8 == [[32, 100]] and not any(n.name.startswith("shipyard_tied/") for n in qmodel.graph.node)
+    assert q.report["rows"][-1]["metrics"]["agreement"] >= 0.9
+
+
+def test_tied_head_stored_once_and_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """store_tied_once drops W^T and reads Transpose(W); untie puts the initializer back; a head
+    that is not exactly W^T is left alone."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from shipyard.optimize.tied import store_tied_once, untie
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((50, 16)).astype(np.float32)
+
+    def graph(wt: np.ndarray) -> onnx.ModelProto:
+        g = helper.make_graph(
+            [helper.make_node("Gather", ["W", "ids"], ["emb"], axis=0),
+             helper.make_node("MatMul", ["emb", "Wt"], ["logits"])], "tied",
+            [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s", 50])],
+            [numpy_helper.from_array(w, "W"), numpy_helper.from_array(wt, "Wt")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+
+    ids = rng.integers(0, 50, (2, 7))
+    model = graph(np.ascontiguousarray(w.T))
+    before, size = run(model), model.ByteSize()
+    assert store_tied_once(model) == ["W"]
+    assert [t.name for t in model.graph.initializer] == ["W"] and model.ByteSize() < size - w.nbytes * 0.9
+    onnx.checker.check_model(model)
+    assert np.array_equal(run(model), before)
+    assert untie(model) == ["W"]
+    assert sorted(t.name for t in model.graph.initializer) == ["W", "shipyard_tied/W_T"]
+    assert not any(n.op_type == "Transpose" for n in model.graph.node) and np.array_equal(run(model), before)
+    off = w.T.copy()
+    off[0, 0] += 1e-3
+    assert store_tied_once(graph(off)) == []

@@ -65,6 +65,7 @@ def load_artifact(repo: Repository, manifest: Manifest, workdir: Path) -> Artifa
     if manifest.format == "onnx":
         dest = workdir / "source.onnx"
         shutil.copyfile(base / "model.onnx", dest)
+        _untie(dest)
         return Artifact("onnx", manifest.signature, onnx_path=dest)
     if manifest.format == "torch-export":
         import torch
@@ -83,6 +84,19 @@ def load_artifact(repo: Repository, manifest: Manifest, workdir: Path) -> Artifa
     raise InvalidInput(
         f"{manifest.name}:{manifest.version} is {manifest.format}; optimize reads onnx, torch-export "
         "and hf-transformers versions (import TorchScript as ONNX or torch.export first)")
+
+
+def _untie(path: Path) -> None:
+    """A saved tied embedding (stored once, see `shipyard.optimize.tied`) gets its head's copy back,
+    so that passes find the head's weight where they look for weights."""
+    import onnx
+
+    from shipyard.optimize.tied import TIED, untie
+
+    if any(n.name.startswith(f"{TIED}/") for n in onnx.load(str(path), load_external_data=False).graph.node):
+        model = onnx.load(str(path))
+        untie(model)
+        onnx.save(model, str(path))
 
 
 def torch_forward(artifact: Artifact) -> Any:

@@ -31,7 +31,8 @@ def count_parameters(path: Path, fmt: str) -> tuple[int, int]:
 
         model = onnx.load(str(path / "model.onnx"))
         for t in model.graph.initializer:
-            if t.name.endswith(("_scale", "_zero_point", "_quantized_scale")) or len(t.dims) == 0:
+            if t.name.endswith(("_scale", "_zero_point", "_quantized_scale")) or len(t.dims) == 0 or \
+                    t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.BOOL):  # shapes, axes, masks
                 continue
             tensors.append(numpy_helper.to_array(t))
         for s in model.graph.sparse_initializer:

@@ -13,8 +13,10 @@ import numpy as np
 from pydantic import Field
 
 from shipyard.errors import InvalidInput
-from shipyard.optimize.artifact import Artifact
+from shipyard.optimize.artifact import Artifact, run_artifact
+from shipyard.optimize.parity import check_parity
 from shipyard.optimize.passes.base import Context, PassConfig, register
+from shipyard.optimize.tied import store_tied_once
 
 WEIGHT_OPS = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
 
@@ -106,16 +108,22 @@ def prune_unstructured(artifact: Artifact, config: PruneUnstructured, ctx: Conte
 
 
 def save_onnx(artifact: Artifact, dest: Path, ctx: Context, min_zeros: float = 0.5) -> None:
-    """Copy the ONNX file; when it carries pruned weights, store each mostly-zero fp32 initializer
-    as a sparse initializer if that is smaller."""
+    """Copy the ONNX file; store a tied embedding once (see `shipyard.optimize.tied`), and when it
+    carries pruned weights, each mostly-zero fp32 initializer as a sparse initializer if smaller."""
     assert artifact.onnx_path is not None
-    if not artifact.extra.get("sparse"):
-        shutil.copyfile(artifact.onnx_path, dest)
-        return
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(artifact.onnx_path))
+    shared = store_tied_once(model)
+    if shared:
+        _check_tied(artifact, model, dest, ctx, shared)
+    if not artifact.extra.get("sparse"):
+        if shared:
+            onnx.save(model, str(dest))
+        else:
+            shutil.copyfile(artifact.onnx_path, dest)
+        return
     keep, sparse, saved = [], [], 0
     for t in model.graph.initializer:
         w = numpy_helper.to_array(t) if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) > 1 else None
@@ -137,3 +145,17 @@ def save_onnx(artifact: Artifact, dest: Path, ctx: Context, min_zeros: float = 0
     model.graph.sparse_initializer.extend(sparse)
     onnx.save(model, str(dest))
     ctx.note(f"{len(sparse)} pruned weight tensors stored as ONNX sparse initializers ({saved / 1024:.0f} KB smaller)")
+
+
+def _check_tied(artifact: Artifact, model: Any, dest: Path, ctx: Context, shared: list[str]) -> None:
+    """The rewritten graph must compute what the exported one did (the same weights, transposed
+    back at load: only float reordering could differ)."""
+    import onnx
+
+    onnx.save(model, str(dest))
+    sample = ctx.sample(artifact.signature, 8)
+    worst = check_parity("storing the tied embedding once", run_artifact(artifact, sample, ctx.threads),
+                         run_artifact(artifact.evolve(onnx_path=dest), sample, ctx.threads), 1e-5, 1e-6)
+    ctx.facts["tied_stored_once"] = shared
+    ctx.note(f"tied embedding {shared} stored once in the ONNX file: the output projection reads it through "
+             f"a Transpose that ONNX Runtime folds at load (largest difference {worst.max_abs_diff:.2g})")

@@ -17,6 +17,7 @@ from shipyard.errors import InvalidInput
 from shipyard.optimize import cpu
 from shipyard.optimize.artifact import Artifact
 from shipyard.optimize.passes.base import Context, PassConfig, register
+from shipyard.optimize.tied import tied_pairs
 
 
 class Quantize(PassConfig):
@@ -154,22 +155,8 @@ def tied_embeddings(path: Any) -> list[tuple[str, str]]:
     transposed: a Gather on W [V, H] and a MatMul by W^T [H, V], which is how a tied LM head
     (GPT-2's lm_head = wte) is exported. Quantized apart they would be stored twice."""
     import onnx
-    from onnx import numpy_helper
 
-    model = onnx.load(str(path))
-    inits = {t.name: t for t in model.graph.initializer}
-    tables = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits
-              and not any(a.name == "axis" and a.i != 0 for a in n.attribute) and len(inits[n.input[0]].dims) == 2}
-    heads = {n.input[1] for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1
-             and n.input[1] in inits and len(inits[n.input[1]].dims) == 2}
-    pairs = []
-    for t in sorted(tables):
-        for h in sorted(heads):
-            if list(inits[h].dims) == list(reversed(inits[t].dims)) and \
-                    (numpy_helper.to_array(inits[h]) == numpy_helper.to_array(inits[t]).T).all():
-                pairs.append((t, h))
-                break
-    return pairs
+    return tied_pairs(onnx.load(str(path)))
 
 
 def share_tied_embeddings(path: Any, ties: list[tuple[str, str]]) -> list[str]:
