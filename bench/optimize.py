@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT / "src"))
 WORK = ROOT / "bench" / ".work" / "optimize"
 RESULTS = ROOT / "bench" / "results"
 
-from shipyard.optimize import cpu  # noqa: E402
 from shipyard.optimize.data import Dataset  # noqa: E402
 from shipyard.optimize.evaluate import latency_ms  # noqa: E402
+from shipyard.quant import cpu  # noqa: E402
 
 
 def tokens(n: int, seq: int, vocab: int, labels: bool = False) -> Dataset:

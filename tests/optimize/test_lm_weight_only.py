@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from shipyard.errors import InvalidInput
 from shipyard.optimize import optimize
-from shipyard.optimize.causal_lm import load_weight_only
+from shipyard.quant.lm_folder import load_weight_only
 from shipyard.repository import Repository
 from shipyard.runtimes.importer import import_model
 from tests.fixtures import SHIPYARD, ServerProcess

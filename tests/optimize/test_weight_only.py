@@ -9,8 +9,8 @@ from torch import nn
 
 from shipyard.errors import InvalidInput
 from shipyard.optimize import quantize_weights_
-from shipyard.optimize.passes.weight_only import KERNELS, WeightOnlyLinear
 from shipyard.optimize.runner import optimize
+from shipyard.quant.weight_only import KERNELS, WeightOnlyLinear
 from shipyard.repository import Repository
 from tests.optimize.conftest import FAST
 

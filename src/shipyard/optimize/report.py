@@ -15,10 +15,10 @@ from typing import Any
 from rich.table import Table
 
 from shipyard import __version__
-from shipyard.optimize import cpu
 from shipyard.optimize.data import Dataset
 from shipyard.optimize.measure import deltas
 from shipyard.optimize.passes import Context, PassConfig
+from shipyard.quant import cpu
 from shipyard.repository import Manifest, Repository
 
 

@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from shipyard.errors import InvalidInput
-from shipyard.optimize import cpu
 from shipyard.optimize.artifact import Artifact, export_program, load_artifact, run_artifact
 from shipyard.optimize.data import DataSpec, Dataset, check_data, load_data
 from shipyard.optimize.measure import deltas, measure_side_by_side

@@ -33,7 +33,7 @@ class HFCausalLMRuntime(HFTransformersRuntime):
     generative: ClassVar[bool] = True
 
     def load(self) -> None:
-        from shipyard.optimize.causal_lm import is_weight_only, load_weight_only
+        from shipyard.quant.lm_folder import is_weight_only, load_weight_only
 
         if is_weight_only(self.path):  # int8/int4 Linear weights written by `shipyard optimize`
             import torch

@@ -14,7 +14,7 @@ from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact
 from shipyard.optimize.passes.base import Context, PassConfig, register
 from shipyard.optimize.passes.graph import linears_as_modules
-from shipyard.optimize.passes.weight_only import conv1d_to_linear_
+from shipyard.quant.weight_only import conv1d_to_linear_
 
 
 class LowRank(PassConfig):

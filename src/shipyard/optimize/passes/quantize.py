@@ -14,10 +14,10 @@ import numpy as np
 from pydantic import Field
 
 from shipyard.errors import InvalidInput
-from shipyard.optimize import cpu
 from shipyard.optimize.artifact import Artifact
 from shipyard.optimize.passes.base import Context, PassConfig, register
 from shipyard.optimize.tied import tied_pairs
+from shipyard.quant import cpu
 
 
 class Quantize(PassConfig):

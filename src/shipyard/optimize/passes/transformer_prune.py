@@ -11,7 +11,7 @@ from torch import nn
 
 from shipyard.errors import InvalidInput
 from shipyard.optimize.passes.base import Context
-from shipyard.optimize.passes.weight_only import conv1d_to_linear_
+from shipyard.quant.weight_only import conv1d_to_linear_
 
 
 def _rows(lin: nn.Linear, keep: torch.Tensor) -> None:
