@@ -42,9 +42,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serve_rest as sr  # noqa: E402 - model building, MLServer venv, process handling
-
 import grpc  # noqa: E402
+import serve_rest as sr  # noqa: E402 - model building, MLServer venv, process handling
 
 from shipyard.serve.channels.grpc_v2.protocol import messages_pb2 as pb  # noqa: E402
 
@@ -281,7 +280,7 @@ def ab_auth(model: str, serve_repo: Path, payload: dict[str, Any], args: argpars
             rps: dict[str, list[float]] = {"off": [], "on": [], "control": []}
             for r in range(args.ab_rounds):
                 order = servers[r % 3:] + servers[:r % 3]
-                for label, server, base, target in order:
+                for label, _server, base, target in order:
                     token = key if label == "on" else None
                     if channel == "grpc":
                         async def go() -> sr.Phase:

@@ -325,7 +325,7 @@ def run_inprocess(model: str, onnx_path: Path, threads: int, warmup: float, dura
 # Server processes
 # ------------------------------------------------------------------------------------------------
 
-_LIVE: list["ServerProcess"] = []
+_LIVE: list[ServerProcess] = []
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

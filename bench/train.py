@@ -50,8 +50,8 @@ def config(out: Path, epochs: int, **extra: Any) -> dict[str, Any]:
 
 def bare_loop(epochs: int) -> float:
     """The same work written by hand: seconds in the training loop."""
-    from shipyard.train.loop import lr_factor
     from shipyard.train.config import ScheduleConfig
+    from shipyard.train.loop import lr_factor
     from shipyard.zoo import digits
 
     torch.set_num_threads(1)

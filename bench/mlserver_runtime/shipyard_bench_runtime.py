@@ -68,7 +68,7 @@ class OnnxRuntimeModel(MLModel):
             id=payload.id,
             outputs=[
                 NumpyCodec.encode_output(name, np.ascontiguousarray(value))
-                for name, value in zip(self._output_names, results)
+                for name, value in zip(self._output_names, results, strict=True)
             ],
         )
 

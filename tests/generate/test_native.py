@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from shipyard.errors import InvalidInput
 from shipyard.generate import SamplingParams
-from shipyard.kernels import native
 from shipyard.generate.model import PackedLinear, fuse_gelu_, pack_linears_
+from shipyard.kernels import native
 from tests.generate.test_engine import PROMPTS, open_engine, reference
 
 needs_native = pytest.mark.skipif(native.available() is not None, reason=f"native kernel: {native.available()}")

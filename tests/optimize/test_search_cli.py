@@ -11,8 +11,8 @@ import pytest
 
 from shipyard.errors import InvalidInput
 from shipyard.optimize.data import Dataset
-from shipyard.optimize.runner import optimize
 from shipyard.optimize.recipe import PRESETS, preset
+from shipyard.optimize.runner import optimize
 from shipyard.optimize.search import Candidate, candidates, search
 from shipyard.repository import Repository
 from tests.cli.test_cli import fails, shipyard

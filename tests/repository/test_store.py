@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ def test_publish_numbers_versions_from_one(repo: Repository) -> None:
 
 
 def test_manifest_on_disk_records_everything(repo: Repository) -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     with repo.publish("m", "onnx", SIGNATURE, Lineage(parent=None, source="/data/m.onnx"),
                       metrics={"accuracy": 0.9}) as staging:
         (staging.path / "model.onnx").write_bytes(b"abc")
@@ -57,7 +57,7 @@ def test_manifest_on_disk_records_everything(repo: Repository) -> None:
     assert raw["metrics"] == {"accuracy": 0.9}
     assert raw["extra"] == {"opset": 17}
     created = datetime.fromisoformat(raw["created"])
-    assert created.tzinfo is not None and before - timedelta(seconds=1) <= created <= datetime.now(timezone.utc)
+    assert created.tzinfo is not None and before - timedelta(seconds=1) <= created <= datetime.now(UTC)
     m = repo.manifest("m")
     assert m.size_bytes == 8
     repo.verify(m)

@@ -12,10 +12,10 @@ from rich.console import Console
 def run_optimize(root: Path, ref: str, recipe: Path | None, preset: str | None, auto: bool,
                  max_accuracy_drop: float, objective: str, eval_data: str | None, calibrate: str | None,
                  train: str | None, threads: int | None, as_json: bool, latency_budget_s: float) -> None:
+    import sys
+
     from shipyard.errors import InvalidInput
     from shipyard.optimize.report import table
-
-    import sys
 
     # Tables are wide: do not squeeze them into 80 columns when the output is a pipe or a file.
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 160)

@@ -83,11 +83,11 @@ def optimize_causal_lm(repo: Any, parent: Any, root: Any, steps: Any, eval_data:
     import transformers
     from transformers import AutoTokenizer
 
+    from shipyard.optimize.artifact import Artifact
     from shipyard.optimize.passes import Context
     from shipyard.optimize.passes.weight_only import WeightOnly
     from shipyard.optimize.report import build_report, write_reports
     from shipyard.optimize.runner import apply_recipe
-    from shipyard.optimize.artifact import Artifact
     from shipyard.repository import Lineage
 
     others = [c.name for c in steps if not isinstance(c, WeightOnly)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class Dataset:
         return [self.take(size, i) for i in range(0, len(self), size)]
 
 
-DataSpec = Union[str, Path, Dataset, Callable[[], Any], None]
+DataSpec = str | Path | Dataset | Callable[[], Any] | None
 
 
 def _zoo(name: str) -> Dataset:

@@ -147,7 +147,7 @@ def _latencies(runtimes: dict[str, Any], signature: Signature, data: Dataset, bu
         for r in range(rounds):
             for k in keys[r % len(keys):] + keys[: r % len(keys)]:
                 time.sleep(SETTLE_S)  # the last version's torch threads stop spinning (shipyard/__init__.py)
-                call = lambda rt=runtimes[k]: rt.infer(batch, [out])  # noqa: E731
+                call = lambda rt=runtimes[k], batch=batch: rt.infer(batch, [out])  # noqa: E731
                 warmup = (5 if budget_s < 1 else 20) if r == 0 else 2
                 times[k] += _samples(call, warmup, budget_s / rounds, least=max(3, 20 // rounds))
         for k in keys:

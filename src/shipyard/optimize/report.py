@@ -8,7 +8,7 @@ import html
 import json
 import math
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def build_report(repo: Repository, name: str, parent: Manifest, root: Manifest, 
         "lineage": _lineage_points(repo, name, {"format": new["format"], "recipe": [c.name for c in steps],
                                                 "metrics": measured["new"]}, new_version, parent.version,
                                    {r["version"]: r["metrics"] for r in rows if r["role"] != "new"}),
-        "created": datetime.now(timezone.utc).isoformat(), "shipyard_version": __version__,
+        "created": datetime.now(UTC).isoformat(), "shipyard_version": __version__,
     }
 
 

@@ -18,7 +18,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact, export_program, load_artifact, run_artifact
-from shipyard.optimize.data import DataSpec, Dataset, check_data, load_data
+from shipyard.optimize.data import Dataset, DataSpec, check_data, load_data
 from shipyard.optimize.measure import deltas, measure_side_by_side
 from shipyard.optimize.parity import check_parity
 from shipyard.optimize.passes import Context, PassConfig, apply

@@ -178,7 +178,7 @@ def conv1d_to_linear_(module: nn.Module) -> int:
     except ImportError:  # pragma: no cover - transformers is a dependency
         return 0
     count = 0
-    for name, child in list(module.named_modules()):
+    for _, child in list(module.named_modules()):
         for attr, sub in list(child.named_children()):
             if isinstance(sub, Conv1D):
                 lin = nn.Linear(sub.weight.shape[0], sub.weight.shape[1])

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-
 from shipyard.errors import InvalidInput
 from shipyard.repository import Signature, TensorSpec
 from shipyard.runtimes.base import RuntimeOptions

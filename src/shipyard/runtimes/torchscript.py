@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-
 from shipyard.runtimes.base import RuntimeOptions
 from shipyard.runtimes.torchfiles import TorchModuleRuntime, zip_kind
 

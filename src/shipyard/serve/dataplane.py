@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 
 from shipyard import __version__
+from shipyard.config import ShadowConfig
 from shipyard.errors import InvalidInput, NotFound, ShipyardError
 from shipyard.repository import Signature, TensorSpec
-from shipyard.config import ShadowConfig
 from shipyard.serve.auth import Guard, KeyRecord
+from shipyard.serve.manager import READY, LoadedVersion, ModelManager
 from shipyard.serve.metrics import OTHER, Metrics
 from shipyard.serve.routing import Router
-from shipyard.serve.manager import READY, LoadedVersion, ModelManager
 from shipyard.serve.types import InferRequest, InferResponse
 from shipyard.tensors import Tensor, numpy_dtype
 

@@ -11,7 +11,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from shipyard.errors import InvalidInput
-from shipyard.optimize.artifact import Artifact, _positional, export_program, program_module, quiet_session_options, set_mode
+from shipyard.optimize.artifact import (
+    Artifact,
+    _positional,
+    export_program,
+    program_module,
+    quiet_session_options,
+    set_mode,
+)
 from shipyard.optimize.passes.base import Context, PassConfig, register
 
 # transformers architecture prefix -> ORT transformer optimizer model type.

@@ -117,7 +117,6 @@ def _fp16(artifact: Artifact, out: Any, ctx: Context) -> None:
 
 def _dynamic(artifact: Artifact, config: Quantize, out: Any, ctx: Context) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from onnxruntime.quantization.registry import IntegerOpsRegistry
 
     # ORT's own list (MatMul, Attention, Gather and EmbedLayerNormalization for embeddings, ...)

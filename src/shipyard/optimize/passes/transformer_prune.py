@@ -74,7 +74,7 @@ def prune_transformer(model: nn.Module, heads: float, ffn: float, ctx: Context) 
     conv1d_to_linear_(model)
     done: dict[str, list[int]] = {}
     for name, m in list(model.named_modules()):
-        if heads and hasattr(m, "self") and hasattr(getattr(m, "self"), "query") and hasattr(m, "output"):
+        if heads and hasattr(m, "self") and hasattr(m.self, "query") and hasattr(m, "output"):
             done[f"{name}.heads"] = list(_bert_heads(m, heads))
         elif heads and hasattr(m, "c_attn") and hasattr(m, "num_heads") and isinstance(m.c_attn, nn.Linear):
             done[f"{name}.heads"] = list(_gpt2_heads(m, heads))

@@ -23,7 +23,6 @@ from shipyard.serve.channels.rest_v2.protocol import (
 from shipyard.serve.types import InferRequest, InferResponse, RequestedOutput
 from shipyard.tensors import Tensor, element_count, from_raw, numpy_dtype, to_bytes_array, to_raw
 
-
 # Which JSON-decoded numpy kinds each tensor kind accepts: ints for floats, never floats for ints.
 _JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 _KIND_NAMES = {"b": "boolean", "i": "integer", "u": "integer", "f": "floating-point", "U": "string", "O": "mixed"}
