@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("shipyard.generate")
+log = logging.getLogger("shipyard.kernels")
 SOURCE = Path(__file__).with_name("csrc") / "shipyard_kernels.c"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 ABI_VERSION = 1
