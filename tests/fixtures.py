@@ -8,7 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -142,3 +145,32 @@ def build_tiny_lm(folder: Path, family: str = "gpt2", context: int = 128) -> Pat
     model = lm.build_model(family, len(tokenizer), layers=2, hidden=64, heads=4, context=context,
                            kv_heads=2 if family == "llama" else None, init_std=0.3)
     return lm.save(model, tokenizer, folder)
+
+
+@contextmanager
+def lm_server(base: Path, models: dict[str, Path], prepare: Callable[[Repository], None] | None = None,
+              *args: str) -> Iterator[ServerProcess]:
+    """A server (KV cache 8 MiB) over a fresh repository in `base` holding `models` ({name: folder});
+    `prepare` adds configs or more models first. Stopped (cleanly, or the test fails) and removed after."""
+    import shutil
+
+    from shipyard.runtimes.importer import import_model
+
+    repo = Repository(base / "repo")
+    for name, folder in models.items():
+        import_model(repo, folder, name)
+    if prepare is not None:
+        prepare(repo)
+    server = ServerProcess(repo.root, "--kv-cache-mb", "8", *args)
+    try:
+        yield server
+    finally:
+        assert server.stop() == 0, server.output()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def openai_client(server: ServerProcess) -> Any:
+    """The official client against `server`: no retries, so each refusal is seen as it was."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from shipyard.config import GenerationConfig, ModelConfig
 from shipyard.repository import Repository
 from shipyard.runtimes.importer import import_model
+from tests import fixtures
 from tests.fixtures import ServerProcess, identity_onnx
 
 PROMPT = "def add(a, b):"
@@ -30,21 +30,19 @@ def lm_server(lm_folders: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     import onnx
 
     base = tmp_path_factory.mktemp("openai")
-    repo = Repository(base / "repo")
-    import_model(repo, lm_folders["gpt2"], "lm")
-    import_model(repo, lm_folders["llama"], "lm-llama")
-    import_model(repo, lm_folders["gpt2-long"], "lm-one")
-    repo.write_model_config("lm-one", ModelConfig(generation=GenerationConfig(max_num_seqs=1, max_queue_size=1)))
-    import_model(repo, identity_onnx(base / "id.onnx", onnx.TensorProto.FLOAT, ["batch", 3]), "notlm")
-    server = ServerProcess(repo.root, "--kv-cache-mb", "8")
-    yield server
-    assert server.stop() == 0, server.output()
-    shutil.rmtree(base, ignore_errors=True)
+
+    def prepare(repo: Repository) -> None:
+        repo.write_model_config("lm-one", ModelConfig(generation=GenerationConfig(max_num_seqs=1, max_queue_size=1)))
+        import_model(repo, identity_onnx(base / "id.onnx", onnx.TensorProto.FLOAT, ["batch", 3]), "notlm")
+
+    models = {"lm": lm_folders["gpt2"], "lm-llama": lm_folders["llama"], "lm-one": lm_folders["gpt2-long"]}
+    with fixtures.lm_server(base, models, prepare) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def client(lm_server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{lm_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return fixtures.openai_client(lm_server)
 
 
 def reference_text(folder: Path, prompt: str, tokens: int) -> str:

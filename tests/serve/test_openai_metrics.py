@@ -3,7 +3,6 @@ streamed, completions and chat), then the scrape must count exactly what the cli
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shipyard.repository import Repository
-from shipyard.runtimes.importer import import_model
+from tests import fixtures
 from tests.fixtures import ServerProcess
 
 GREEDY: dict[str, Any] = {"temperature": 0, "extra_body": {"ignore_eos": True}}
@@ -25,18 +23,13 @@ CHAT = [{"role": "user", "content": "write a function"}]
 @pytest.fixture(scope="module")
 def server(lm_folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server of its own, so no other test's requests are in the counts."""
-    base = tmp_path_factory.mktemp("openai-metrics")
-    repo = Repository(base / "repo")
-    import_model(repo, lm_folders["gpt2-long"], "lm")
-    server = ServerProcess(repo.root, "--kv-cache-mb", "8")
-    yield server
-    assert server.stop() == 0, server.output()
-    shutil.rmtree(base, ignore_errors=True)
+    with fixtures.lm_server(tmp_path_factory.mktemp("openai-metrics"), {"lm": lm_folders["gpt2-long"]}) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return fixtures.openai_client(server)
 
 
 def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
