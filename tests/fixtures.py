@@ -174,3 +174,13 @@ def openai_client(server: ServerProcess) -> Any:
     import openai
 
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def stream_then_leave(url: str, body: dict[str, Any], events: int) -> None:
+    """POST a streaming completion to `url` and hang up after `events` server-sent events."""
+    with httpx.stream("POST", url, json=body, timeout=30) as r:
+        seen = 0
+        for line in r.iter_lines():
+            seen += line.startswith("data: ")
+            if seen == events:
+                return

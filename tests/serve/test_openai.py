@@ -153,12 +153,7 @@ def test_client_that_leaves_frees_its_slot(lm_server: ServerProcess, client: ope
     """`lm-one` has a single sequence slot. A streaming client that leaves after two events must
     give it back at once: the next request runs, and the server logs the cancellation."""
     body = {"model": "lm-one", "prompt": PROMPT, "max_tokens": 4000, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{lm_server.url}/v1/completions", json=body, timeout=30) as r:
-        events = 0
-        for line in r.iter_lines():
-            events += line.startswith("data: ")
-            if events == 2:
-                break
+    fixtures.stream_then_leave(f"{lm_server.url}/v1/completions", body, 2)
     r2 = client.completions.create(model="lm-one", prompt="import", **GREEDY)
     assert r2.choices[0].finish_reason == "length"
     deadline = time.monotonic() + 10

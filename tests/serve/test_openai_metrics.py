@@ -88,12 +88,7 @@ def test_histograms_and_token_counters_match_what_the_client_got(server: ServerP
 def test_a_client_that_leaves_is_counted_as_cancelled(server: ServerProcess) -> None:
     before = scrape(server)
     body = {"model": "lm", "prompt": "def", "max_tokens": 4000, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as r:
-        events = 0
-        for line in r.iter_lines():
-            events += line.startswith("data: ")
-            if events == 3:
-                break
+    fixtures.stream_then_leave(f"{server.url}/v1/completions", body, 3)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         after = scrape(server)
