@@ -83,6 +83,11 @@ def test_decode_attention_refuses_what_it_cannot_read() -> None:
         native.decode_attention(q.double(), keys, values, table, 4, torch.tensor([3]), 1.0, out)
     with pytest.raises(ValueError, match="past its block table"):
         native.decode_attention(q, keys, values, table, 4, torch.tensor([9]), 1.0, out)
+    with pytest.raises(ValueError, match="reaches past the cache's 32 slots"):
+        native.decode_attention(q, keys, values, torch.tensor([[0, 8]]), 4, torch.tensor([6]), 1.0, out)
+    plan = native.DecodePlan(table, torch.tensor([3]), 4, 2, 2, 8, 1.0)
+    with pytest.raises(ValueError, match="write slot lies outside"):
+        plan.write_and_run(q, q, q, torch.tensor([32]), keys.clone(), values.clone(), out)
     with pytest.raises(ValueError, match="multiple of kv_heads"):
         native.decode_attention(torch.zeros(1, 3, 8), torch.zeros(32, 2, 8), values, table, 4, torch.tensor([3]),
                                 1.0, torch.zeros(1, 3, 8))

@@ -46,8 +46,6 @@ class StepBatch:
     positions: torch.Tensor  # [T]
     write_slots: torch.Tensor  # [T] where each new token's key/value goes
     decodes: int  # the first `decodes` rows are single-token decoders
-    decode_table: torch.Tensor | None = None  # [B, W] each decoder's blocks (padded with block 0)
-    decode_lengths: torch.Tensor | None = None  # [B] tokens each decoder attends to, its new one included
     decode_slots: torch.Tensor | None = None  # [B, L] cache slots each decoder attends to (torch path)
     decode_mask: torch.Tensor | None = None  # [B, 1, 1, L] True where the slot is part of the sequence
     decode_plan: Any = None  # native.DecodePlan, when the native kernel attends
@@ -268,7 +266,6 @@ class PagedLM:
             width = self.pool.blocks_for(longest)
             table = torch.tensor([(s.blocks + [0] * width)[:width] for s in decoders])
             lengths = torch.tensor([s.start + 1 for s in decoders])
-            batch.decode_table, batch.decode_lengths = table, lengths
             if self.native_attention:
                 from shipyard.kernels import native
 

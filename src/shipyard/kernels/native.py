@@ -120,40 +120,53 @@ class DecodePlan:
         if self.longest > self.table.shape[1] * block_size:
             raise ValueError("decode_attention: a length reaches past its block table")
         self.heads, self.kv_heads, self.dim = heads, kv_heads, dim
+        # The last slot any row reads, checked against each pool so that no read lands outside it.
+        self.reach = (int(self.table.max()) + 1) * block_size if self.table.numel() else 0
+        if self.table.numel() and int(self.table.min()) < 0:
+            raise ValueError("decode_attention: a block id in the table is negative")
         self.scores = torch.empty(self.batch * heads * self.longest)
         self._fixed = (self.table.data_ptr(), self.table.shape[1], block_size, self.lengths.data_ptr())
         self._call = load().shipyard_decode_attention
         self._write = load().shipyard_write_kv
         self.scale = scale
-        self._tail = (self.scores.data_ptr(), self.longest, self.batch, heads, kv_heads, dim, scale)
 
     def write_and_run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor,
                       keys: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
         """The engine's hot path, once per layer: write the step's new keys and values k, v [T, Hkv, D]
         (every row, prefill ones included) to their cache `slots` [T] (int64, contiguous), then attend
-        for the plan's decoders, the first rows of q. The engine made every tensor here itself: only
-        the layouts the kernel relies on are checked."""
-        if not (q.stride(2) == k.stride(2) == v.stride(2) == 1 and q.stride(1) == k.stride(1) == v.stride(1)
-                == self.dim and out.is_contiguous() and keys.is_contiguous() and values.is_contiguous()):
-            raise ValueError("decode_attention: heads and dims must be contiguous")
+        for the plan's decoders, the first rows of q and out."""
+        q, out = q[: self.batch], out[: self.batch]
+        self._check(q, keys, values, out)
+        if not (k.dtype == v.dtype == torch.float32 and k.stride(2) == v.stride(2) == 1
+                and k.stride(1) == v.stride(1) == self.dim and slots.dtype == torch.int64 and slots.is_contiguous()
+                and k.shape[0] == v.shape[0] == slots.shape[0]):
+            raise ValueError("decode_attention: new keys and values need fp32, contiguous heads, one int64 slot per row")
+        if slots.numel() and not 0 <= int(slots.min()) <= int(slots.max()) < keys.shape[0]:
+            raise ValueError(f"decode_attention: a write slot lies outside the cache's {keys.shape[0]} slots")
         self._write(k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), slots.data_ptr(), k.shape[0],
                     keys.data_ptr(), values.data_ptr(), self.kv_heads * self.dim)
-        self._call(q.data_ptr(), q.stride(0), keys.data_ptr(), values.data_ptr(), *self._fixed, out.data_ptr(),
-                   *self._tail, torch.get_num_threads())
+        self._attend(q, keys, values, out)
 
     def run(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
         """q [B, H, D] fp32 (rows may be strided, heads and dims contiguous); keys, values
         [slots, Hkv, D] contiguous fp32; out [B, H, D] contiguous fp32."""
+        self._check(q, keys, values, out)
+        self._attend(q, keys, values, out)
+
+    def _check(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
         if not (q.dtype == keys.dtype == values.dtype == out.dtype == torch.float32):
             raise TypeError("decode_attention is fp32 only")
         if (q.shape != (self.batch, self.heads, self.dim) or keys.shape[1:] != (self.kv_heads, self.dim)
-                or q.stride(2) != 1 or q.stride(1) != self.dim or out.shape != q.shape
+                or values.shape != keys.shape or q.stride(2) != 1 or q.stride(1) != self.dim or out.shape != q.shape
                 or not (keys.is_contiguous() and values.is_contiguous() and out.is_contiguous())):
             raise ValueError("decode_attention: shapes differ from the plan's, or heads and pools are not contiguous")
+        if self.reach > keys.shape[0]:
+            raise ValueError(f"decode_attention: the block table reaches past the cache's {keys.shape[0]} slots")
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
         self._call(q.data_ptr(), q.stride(0), keys.data_ptr(), values.data_ptr(), *self._fixed, out.data_ptr(),
                    self.scores.data_ptr(), self.longest, self.batch, self.heads, self.kv_heads, self.dim,
                    self.scale, torch.get_num_threads())
-
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, table: torch.Tensor,
                      block_size: int, lengths: torch.Tensor, scale: float, out: torch.Tensor) -> None:
