@@ -128,6 +128,7 @@ class DecodePlan:
         self._fixed = (self.table.data_ptr(), self.table.shape[1], block_size, self.lengths.data_ptr())
         self._call = load().shipyard_decode_attention
         self._write = load().shipyard_write_kv
+        self._slots_checked: torch.Tensor | None = None
         self.scale = scale
 
     def write_and_run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor,
@@ -141,8 +142,10 @@ class DecodePlan:
                 and k.stride(1) == v.stride(1) == self.dim and slots.dtype == torch.int64 and slots.is_contiguous()
                 and k.shape[0] == v.shape[0] == slots.shape[0]):
             raise ValueError("decode_attention: new keys and values need fp32, contiguous heads, one int64 slot per row")
-        if slots.numel() and not 0 <= int(slots.min()) <= int(slots.max()) < keys.shape[0]:
-            raise ValueError(f"decode_attention: a write slot lies outside the cache's {keys.shape[0]} slots")
+        if slots is not self._slots_checked:  # every layer of a step writes to the same slots: check once
+            if slots.numel() and not 0 <= int(slots.min()) <= int(slots.max()) < keys.shape[0]:
+                raise ValueError(f"decode_attention: a write slot lies outside the cache's {keys.shape[0]} slots")
+            self._slots_checked = slots
         self._write(k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), slots.data_ptr(), k.shape[0],
                     keys.data_ptr(), values.data_ptr(), self.kv_heads * self.dim)
         self._attend(q, keys, values, out)
