@@ -305,22 +305,19 @@ class PagedLM:
         d = batch.decodes
         if batch.decode_plan is not None:  # one native call: the writes and the decoders' attention
             batch.decode_plan.write_and_run(q, k, v, batch.write_slots, keys, values, out)
-            if batch.prefills:
-                self._attend_prefills(q, keys, values, batch, out)
-            return out
-        keys.index_copy_(0, batch.write_slots, k)
-        values.index_copy_(0, batch.write_slots, v)
-        gqa = self.heads != self.kv_heads
-        if d:
-            assert batch.decode_slots is not None
-            # index_select copies whole rows: 2-3x faster here than advanced indexing (keys[slots]).
-            b, span = batch.decode_slots.shape
-            flat = batch.decode_slots.reshape(-1)
-            k = keys.index_select(0, flat).view(b, span, *keys.shape[1:]).transpose(1, 2)  # [B, Hkv, L, D]
-            v = values.index_select(0, flat).view(b, span, *values.shape[1:]).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q[:d].unsqueeze(2), k, v, attn_mask=batch.decode_mask,
-                                               scale=self.scale, enable_gqa=gqa)
-            out[:d] = o.squeeze(2)
+        else:
+            keys.index_copy_(0, batch.write_slots, k)
+            values.index_copy_(0, batch.write_slots, v)
+            if d:
+                assert batch.decode_slots is not None
+                # index_select copies whole rows: 2-3x faster here than advanced indexing (keys[slots]).
+                b, span = batch.decode_slots.shape
+                flat = batch.decode_slots.reshape(-1)
+                k = keys.index_select(0, flat).view(b, span, *keys.shape[1:]).transpose(1, 2)  # [B, Hkv, L, D]
+                v = values.index_select(0, flat).view(b, span, *values.shape[1:]).transpose(1, 2)
+                o = F.scaled_dot_product_attention(q[:d].unsqueeze(2), k, v, attn_mask=batch.decode_mask,
+                                                   scale=self.scale, enable_gqa=self.heads != self.kv_heads)
+                out[:d] = o.squeeze(2)
         self._attend_prefills(q, keys, values, batch, out)
         return out
 
