@@ -117,11 +117,9 @@ def save_onnx(artifact: Artifact, dest: Path, ctx: Context, min_zeros: float = 0
     model = onnx.load(str(artifact.onnx_path))
     shared = store_tied_once(model)
     if shared:
-        _check_tied(artifact, model, dest, ctx, shared)
+        _check_tied(artifact, model, dest, ctx, shared)  # writes `dest`, then runs it
     if not artifact.extra.get("sparse"):
-        if shared:
-            onnx.save(model, str(dest))
-        else:
+        if not shared:
             shutil.copyfile(artifact.onnx_path, dest)
         return
     keep, sparse, saved = [], [], 0
