@@ -159,6 +159,13 @@ async def server_cell(url: str, concurrency: int, prompt: int, new: int, rounds:
             "itl_p50_ms": gaps[len(gaps) // 2] * 1000, "itl_p99_ms": gaps[int(len(gaps) * 0.99)] * 1000}
 
 
+def show(cell: dict[str, Any]) -> dict[str, Any]:
+    """Print a server cell's line as it is measured; return it."""
+    print(f"  {cell['engine']} c={cell['concurrency']}: {cell['tokens_per_s']:.1f} tok/s, TTFT p50 "
+          f"{cell['ttft_s']:.3f} s, ITL p50 {cell['itl_p50_ms']:.1f} ms p99 {cell['itl_p99_ms']:.1f} ms", flush=True)
+    return cell
+
+
 LLAMA_VENV = WORK / "llama-venv"
 
 
@@ -250,11 +257,8 @@ def llama_cells(folder: Path, prompt: int, new: int, threads: int, concurrencies
             if env:
                 label = f"llama.cpp server {outtype}, {' '.join(f'{k}={v}' for k, v in env.items())} (shipyard's)"
             for c in streams:
-                cell = asyncio.run(server_cell(url, c, prompt, new, rounds, "bench", label,
-                                               as_text=lambda ids: tok.decode(ids), extra=extra))
-                cells.append(cell)
-                print(f"  {label} c={c}: {cell['tokens_per_s']:.1f} tok/s, TTFT p50 {cell['ttft_s']:.3f} s, "
-                      f"ITL p50 {cell['itl_p50_ms']:.1f} ms p99 {cell['itl_p99_ms']:.1f} ms", flush=True)
+                cells.append(show(asyncio.run(server_cell(url, c, prompt, new, rounds, "bench", label,
+                                                          as_text=lambda ids: tok.decode(ids), extra=extra))))
             if not env and duel_rounds:
                 mine, name = rival[outtype]
                 theirs: list[float] = []
@@ -361,11 +365,7 @@ def main() -> None:
                                                ("bench-int8", "shipyard int8 weight-only (SSE)"))
                 for c in ((1, 4, 16) if not args.quick else (1, 4))]
         for model, label, c in runs:
-            cell = server_cell(server.url, c, prompt, new, args.rounds, model, label)
-            cells.append(asyncio.run(cell))
-            last = cells[-1]
-            print(f"  {label} c={c}: {last['tokens_per_s']:.1f} tok/s, TTFT p50 {last['ttft_s']:.3f} s, "
-                  f"ITL p50 {last['itl_p50_ms']:.1f} ms p99 {last['itl_p99_ms']:.1f} ms", flush=True)
+            cells.append(show(asyncio.run(server_cell(server.url, c, prompt, new, args.rounds, model, label))))
         llama_note, duels = "llama.cpp cells skipped (--no-llama)", []
         if not args.no_llama:
             more, duels, llama_note = llama_cells(folder, prompt, new, args.threads,
