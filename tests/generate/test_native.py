@@ -4,18 +4,18 @@ kernel cannot be built."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from shipyard.errors import InvalidInput
-from shipyard.generate import SamplingParams
+from shipyard.generate import AsyncEngine, SamplingParams
 from shipyard.generate.model import PackedLinear, fuse_gelu_, pack_linears_
 from shipyard.kernels import native
-from tests.generate.test_engine import PROMPTS, open_engine, reference
+from tests.generate.test_engine import PROMPTS, collect, open_engine, reference
 
 needs_native = pytest.mark.skipif(native.available() is not None, reason=f"native kernel: {native.available()}")
 
@@ -138,29 +138,15 @@ def test_greedy_output_equals_transformers_with_either_attention(lm_folders: dic
                                                                  family: str, kernel: str) -> None:
     runtime, eng = open_engine(lm_folders[family], tmp_path, attention_kernel=kernel)
     assert eng.lm.native_attention == (kernel == "native")
-    import threading
-
-    from shipyard.generate.sequence import Request
-
-    got: dict[int, list[int]] = {}
-    done = threading.Event()
-
-    def emit_for(i: int) -> Any:
-        def emit(out: Any) -> None:
-            for d in out.deltas:
-                got.setdefault(i, []).extend(d.token_ids)
-            if out.finished and len(got) == len(PROMPTS) and all(len(v) == 20 for v in got.values()):
-                done.set()
-        return emit
-
     params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+
+    async def together() -> list[dict[int, list[int]]]:  # one batch: decoders of different lengths
+        return await asyncio.gather(*[collect(AsyncEngine(eng), p, params) for p in PROMPTS])
+
     try:
-        for i, prompt in enumerate(PROMPTS):  # all in one batch: decoders of different lengths
-            ids = runtime.tokenizer(prompt)["input_ids"]
-            eng.add(Request(f"r{i}", ids, params, 20, emit_for(i)))
-        assert done.wait(60)
-        for i, prompt in enumerate(PROMPTS):
-            assert got[i] == reference(runtime, prompt, 20), prompt
+        for prompt, got in zip(PROMPTS, asyncio.run(together()), strict=True):
+            assert got[0] == reference(runtime, prompt, 20), prompt
+        assert eng.stats.most_in_a_step == len(PROMPTS)  # they did share steps
     finally:
         eng.close()
 
