@@ -21,7 +21,7 @@ def infer_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from shipyard.cli.main import fail, run
+    from shipyard.cli.common import fail, run
     from shipyard.client import Client
 
     arrays: dict[str, np.ndarray] = {}

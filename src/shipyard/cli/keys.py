@@ -27,7 +27,7 @@ def create(
     name: Annotated[str, typer.Option(help="A label: who or what uses this key.")] = "",
 ) -> None:
     """Make a new key; it is printed once and only its salted hash is stored."""
-    from shipyard.cli.main import run
+    from shipyard.cli.common import run
     from shipyard.serve.auth import create_key
 
     key, record = run(create_key, file, name=name, models=_split(models), channels=_split(channels),
@@ -43,7 +43,7 @@ def list_keys(file: FileOpt, as_json: Annotated[bool, typer.Option("--json", hel
     from rich.console import Console
     from rich.table import Table
 
-    from shipyard.cli.main import run
+    from shipyard.cli.common import run
     from shipyard.serve.auth import read_keys
 
     keys = run(read_keys, file).keys
@@ -61,7 +61,7 @@ def list_keys(file: FileOpt, as_json: Annotated[bool, typer.Option("--json", hel
 @keys_app.command("revoke")
 def revoke(ref: Annotated[str, typer.Argument(help="The key's id (or its unique name).")], file: FileOpt) -> None:
     """Remove a key; a running server stops accepting it within a second or two."""
-    from shipyard.cli.main import run
+    from shipyard.cli.common import run
     from shipyard.serve.auth import revoke_key
 
     record = run(revoke_key, file, ref)

@@ -4,52 +4,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 
+from shipyard.cli.common import JsonOpt, RepoOpt, fail, run, settings
+from shipyard.cli.infer import infer_cmd
+from shipyard.cli.keys import keys_app
+from shipyard.cli.zoo import zoo_app
+
+# The subcommand modules hold typer apps only and import their work lazily. Registration order is
+# the order `shipyard --help` lists the commands in.
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Turn a trained model into a fast, compact, versioned service.")
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect, import and remove models.")
 app.add_typer(models_app, name="models")
-from shipyard.cli.zoo import zoo_app  # noqa: E402 - typer apps only; the work imports lazily
-
 app.add_typer(zoo_app, name="zoo")
-
-RepoOpt = Annotated[Path | None, typer.Option("--repository", "-r", help="Model repository folder [env SHIPYARD_REPOSITORY; default ./model-repository].")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-def settings(**overrides: Any) -> Any:
-    """Settings from the environment, with the CLI flags that were given on top."""
-    from pydantic import ValidationError
-
-    from shipyard.config import Settings
-
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as e:  # e.g. SHIPYARD_PORT=abc: one line, not a traceback
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        fail(f"invalid settings ({problems}); check the SHIPYARD_* environment variables")
-
-
-def fail(message: str) -> NoReturn:
-    from rich.console import Console
-    from rich.markup import escape
-
-    # soft_wrap: one line however narrow the terminal; escape: paths like '[x]' are not markup.
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
-def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call into the library; a ShipyardError becomes a one-line message and exit status 1."""
-    from shipyard.errors import ShipyardError
-
-    try:
-        return fn(*args, **kwargs)
-    except ShipyardError as e:
-        fail(e.message)
 
 
 @app.command()
@@ -193,12 +163,7 @@ def optimize_cmd(
         objective, eval_data, calibrate, train, threads, as_json, latency_budget)
 
 
-from shipyard.cli.keys import keys_app  # noqa: E402 - typer sub-app, imports nothing heavy
-
 app.add_typer(keys_app, name="keys")
-
-from shipyard.cli.infer import infer_cmd  # noqa: E402
-
 app.command("infer")(infer_cmd)
 
 

@@ -26,7 +26,7 @@ def train_code_lm(
 
     from rich.console import Console
 
-    from shipyard.cli.main import fail, run, settings
+    from shipyard.cli.common import fail, run, settings
     from shipyard.repository import Repository
     from shipyard.zoo import code_lm
 
