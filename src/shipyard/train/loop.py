@@ -23,9 +23,9 @@ from shipyard.repository import Manifest
 from shipyard.train import checkpoint as ckpt
 from shipyard.train import dist as d
 from shipyard.train.config import OptimizerConfig, ScheduleConfig, TrainConfig, load_config, parse_config
-from shipyard.train.data import ShardedBatches
 from shipyard.train.distill import Teacher, distillation_loss
 from shipyard.train.report import Reporter
+from shipyard.train.sampler import ShardedBatches
 from shipyard.train.tasks import Task, build_task
 
 FAULT_ENV = "SHIPYARD_TRAIN_FAULT"
