@@ -11,7 +11,7 @@ import numpy as np
 from shipyard.errors import InvalidInput, NotFound, UnsafeModel
 from shipyard.repository import Lineage, Manifest, Repository, Signature, TensorSpec, check_model_name
 from shipyard.runtimes import REGISTRY, Runtime, RuntimeOptions
-from shipyard.runtimes.torchfiles import is_pickle
+from shipyard.runtimes.torch_sniff import is_pickle
 
 
 def parse_tensor_spec(text: str) -> TensorSpec:

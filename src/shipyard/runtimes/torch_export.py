@@ -9,7 +9,9 @@ from typing import Any
 from shipyard.errors import InvalidInput
 from shipyard.repository import Signature, TensorSpec
 from shipyard.runtimes.base import RuntimeOptions
-from shipyard.runtimes.torchfiles import TorchModuleRuntime, torch_to_v2, zip_kind
+from shipyard.runtimes.torch_dtypes import torch_to_v2
+from shipyard.runtimes.torch_module import TorchModuleRuntime
+from shipyard.runtimes.torch_sniff import zip_kind
 
 FILE = "model.pt2"
 

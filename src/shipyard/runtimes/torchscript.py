@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.runtimes.base import RuntimeOptions
-from shipyard.runtimes.torchfiles import TorchModuleRuntime, zip_kind
+from shipyard.runtimes.torch_module import TorchModuleRuntime
+from shipyard.runtimes.torch_sniff import zip_kind
 
 FILE = "model.ts"
 
