@@ -9,6 +9,7 @@ import torch
 
 from shipyard.repository import Repository
 from shipyard.train import fit
+from tests.train import faults
 from tests.train.conftest import config, max_diff, published_weights, shipyard_train, write
 
 TOL = 2e-5
@@ -28,11 +29,12 @@ def single(work: Path) -> dict[str, torch.Tensor]:
     return published_weights(work / "repo", "single")
 
 
-def two_ranks(work: Path, strategy: str, name: str, *extra: str, **env: str) -> tuple[int, str]:
+def two_ranks(work: Path, strategy: str, name: str, *extra: str,
+              on_step: list[dict[str, object]] | None = None) -> tuple[int, str]:
     cfg = config(work, name, data={"batch_size": 16}, parallel={"strategy": strategy, "timeout_s": 60},
-                 publish={"name": name})
+                 publish={"name": name}, **({"on_step": on_step} if on_step else {}))
     out = shipyard_train(write(work, cfg, f"{name}.yaml"), "--nproc", "2", "--repository",
-                         str(work / "repo"), *extra, env=env)
+                         str(work / "repo"), *extra)
     return out.returncode, out.stdout + out.stderr
 
 
@@ -69,7 +71,7 @@ def test_fsdp_two_ranks_equals_one_process(work: Path, single: dict[str, torch.T
 def test_killed_rank_then_resume_equals_uninterrupted(work: Path, fsdp: dict[str, torch.Tensor]) -> None:
     # Rank 1 is SIGKILLed right after step 6 (the last checkpoint is step 4): the job must end
     # (not hang), name the rank, and --resume must end with the uninterrupted run's weights.
-    rc, log = two_ranks(work, "fsdp", "resumed", SHIPYARD_TRAIN_FAULT="6:1:kill")
+    rc, log = two_ranks(work, "fsdp", "resumed", on_step=faults.on_step(6, 1, "kill"))
     assert rc == 1
     assert "rank 1 died without reporting an error" in log
     assert "step-00000004" in {p.name for p in (work / "resumed" / "checkpoints").iterdir()}
@@ -81,7 +83,7 @@ def test_killed_rank_then_resume_equals_uninterrupted(work: Path, fsdp: dict[str
 
 
 def test_rank_error_is_named_and_ends_the_job(work: Path) -> None:
-    rc, log = two_ranks(work, "ddp", "dead", SHIPYARD_TRAIN_FAULT="2:1:raise")
+    rc, log = two_ranks(work, "ddp", "dead", on_step=faults.on_step(2, 1, "raise"))
     assert rc == 1
     assert "training failed: rank 1 failed: RuntimeError: injected fault at step 2" in log
     assert not Repository(work / "repo").versions("dead")

@@ -30,11 +30,17 @@ Python API (what the optimize issue's distill pass calls):
 
     loss = distillation_loss(student_logits, teacher_logits, labels, alpha=0.5, temperature=2.0)
 
+Code of yours can run after every optimizer step, on every rank (tracking, logging): pass
+`fit(..., on_step=[callback])`, or name a factory in the config (`on_step: [{name:
+"package.module:factory", options: {...}}]`) so `shipyard train` runs it too; a callback takes a
+`StepInfo` (see `shipyard.train.callbacks`).
+
 `fit` may be called in one process or on every rank under torchrun (it joins the process group
 from the environment). Instead of model=/data= a config may name a task (`task: {name: digits}`),
 which also gives the export and the evaluation used when publishing (`publish: {name: ...}`).
 """
 
+from shipyard.train.callbacks import StepCallback, StepInfo
 from shipyard.train.config import TrainConfig, load_config, parse_config
 from shipyard.train.distill import Teacher, distillation_loss
 from shipyard.train.loop import FitResult, fit
@@ -42,6 +48,8 @@ from shipyard.train.tasks import Task
 
 __all__ = [
     "FitResult",
+    "StepCallback",
+    "StepInfo",
     "Task",
     "Teacher",
     "TrainConfig",

@@ -80,6 +80,13 @@ class PublishConfig(_Strict):
     name: str | None = Field(None, description="Publish the finished model under this name (None: do not).")
 
 
+class StepCallbackConfig(_Strict):
+    """A callback the loop calls after every optimizer step (see `shipyard.train.callbacks`)."""
+
+    name: str = Field(description="'package.module:attr' of a factory that returns the callback.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
+
+
 class TrainConfig(_Strict):
     """One training run. The same file runs as one process or under torchrun with N ranks."""
 
@@ -105,6 +112,9 @@ class TrainConfig(_Strict):
     output_dir: Path = Field(Path("runs/train"), description="Checkpoints, metrics.jsonl, TensorBoard.")
     progress: bool = Field(True, description="A rich progress bar on rank 0.")
     log_every_steps: int = Field(10, ge=1, description="Progress and TensorBoard update interval.")
+    on_step: list[StepCallbackConfig] = Field(
+        default_factory=list, description="Callbacks run after every optimizer step on every rank (tracking, logging)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

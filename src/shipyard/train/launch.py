@@ -38,6 +38,10 @@ def preflight(cfg: TrainConfig, repository: Path | None, resume: bool) -> None:
         from shipyard.train.distill import check_teacher
 
         check_teacher(repository, cfg.distill.teacher)
+    if cfg.on_step:
+        from shipyard.train.callbacks import check_callbacks
+
+        check_callbacks(cfg.on_step)
     found = checkpoint.listing(cfg.output_dir / "checkpoints")
     if resume and not found:
         raise InvalidInput(f"--resume: no checkpoint in {cfg.output_dir / 'checkpoints'}; start without --resume")

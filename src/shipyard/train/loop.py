@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
-import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +20,12 @@ from shipyard.errors import InvalidInput
 from shipyard.repository import Manifest
 from shipyard.train import checkpoint as ckpt
 from shipyard.train import dist as d
+from shipyard.train.callbacks import StepCallback, StepInfo, build_callbacks
 from shipyard.train.config import OptimizerConfig, ScheduleConfig, TrainConfig, load_config, parse_config
 from shipyard.train.distill import Teacher, distillation_loss
 from shipyard.train.report import Reporter
 from shipyard.train.sampler import ShardedBatches
 from shipyard.train.tasks import Task, build_task
-
-FAULT_ENV = "SHIPYARD_TRAIN_FAULT"
 
 
 @dataclass
@@ -62,19 +59,6 @@ def lr_factor(cfg: ScheduleConfig, total: int) -> Callable[[int], float]:
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
 
     return factor
-
-
-def _fault(step: int, rank: int) -> None:
-    """Test hook: SHIPYARD_TRAIN_FAULT='STEP:RANK:kill|raise' ends rank RANK after step STEP, as a
-    SIGKILL (no cleanup, like the OOM killer) or an exception."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    at, who, kind = spec.split(":")
-    if int(at) == step and int(who) == rank:
-        if kind == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise RuntimeError(f"injected fault at step {step} ({FAULT_ENV})")
 
 
 def _autocast(precision: str, device: torch.device) -> Any:
@@ -114,20 +98,22 @@ def _as_teacher(teacher: Any, cfg: TrainConfig, repository: Path | None, env: d.
 
 def fit(config: TrainConfig | dict[str, Any] | str | Path, *, model: nn.Module | Callable[[], nn.Module] | None = None,
         data: Dataset[Any] | None = None, task: Task | None = None, teacher: Any = None,
-        repository: str | Path | None = None, resume: bool = False) -> FitResult:
-    """Train as configured; see the package docstring for the API."""
+        repository: str | Path | None = None, resume: bool = False,
+        on_step: Sequence[StepCallback] = ()) -> FitResult:
+    """Train as configured; see the package docstring for the API. `on_step`: callables run after
+    every optimizer step, before those the config's `on_step` names (`shipyard.train.callbacks`)."""
     cfg = config if isinstance(config, TrainConfig) else (
         parse_config(config) if isinstance(config, dict) else load_config(config))
     repo = Path(repository) if repository is not None else None
     env = d.setup(cfg.parallel)
     try:
-        return _fit(cfg, env, model, data, task, teacher, repo, resume)
+        return _fit(cfg, env, model, data, task, teacher, repo, resume, on_step)
     finally:
         d.teardown(env)
 
 
 def _fit(cfg: TrainConfig, env: d.DistEnv, model: Any, data: Any, task: Task | None, teacher: Any,
-         repo: Path | None, resume: bool) -> FitResult:
+         repo: Path | None, resume: bool, on_step: Sequence[StepCallback]) -> FitResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(cfg.deterministic)
@@ -152,6 +138,7 @@ def _fit(cfg: TrainConfig, env: d.DistEnv, model: Any, data: Any, task: Task | N
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.schedule, total))
     torch.manual_seed(cfg.seed + 1 + env.rank)  # dropout and the like differ per rank, reproducibly
     teach = _as_teacher(teacher, cfg, repo, env)
+    callbacks = [*on_step, *build_callbacks(cfg.on_step)]
     precision = _resolve_precision(cfg, env.device)
     out = cfg.output_dir
     pos = ckpt.Position(0, 0, 0)
@@ -227,9 +214,14 @@ def _fit(cfg: TrainConfig, env: d.DistEnv, model: Any, data: Any, task: Task | N
                 reporter.step(pos.step, float(loss), window_samples / max(now - window_start, 1e-9),
                               scheduler.get_last_lr()[0])
                 window_start, window_samples = now, 0
+            saved = None
             if cfg.checkpoint.every_steps and pos.step % cfg.checkpoint.every_steps == 0 and pos.step < total:
-                last_ckpt = _save(out, pos, wrapped, optimizer, scheduler, env, cfg)
-            _fault(pos.step, env.rank)
+                last_ckpt = saved = _save(out, pos, wrapped, optimizer, scheduler, env, cfg)
+            if callbacks:
+                info = StepInfo(step=pos.step, total=total, epoch=pos.epoch, rank=env.rank, world=env.world,
+                                loss=loss, lr=scheduler.get_last_lr()[0], checkpoint=saved)
+                for callback in callbacks:
+                    callback(info)
             if pos.step >= total:
                 break
         seconds = time.perf_counter() - epoch_start

@@ -7,7 +7,6 @@ digits or language models; it asks the task. Users add their own with `task.name
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from shipyard.errors import InvalidInput
 from shipyard.repository import Signature
+from shipyard.train.named import load_named
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -156,19 +156,12 @@ def resolve(name: str) -> Callable[..., Task]:
     """A task factory by registry name or 'package.module:attr'."""
     if name in REGISTRY:
         return REGISTRY[name]
-    module, sep, attr = name.partition(":")
-    if not sep:
+    if ":" not in name:
         raise InvalidInput(
             f"task.name {name!r} is not a known task; known: {', '.join(sorted(REGISTRY))}, "
             "or 'package.module:factory' for your own"
         )
-    try:
-        found = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise InvalidInput(f"task.name {name!r} cannot be imported: {e}") from None
-    if not callable(found):
-        raise InvalidInput(f"task.name {name!r} is not callable")
-    return found  # type: ignore[no-any-return]
+    return load_named(name, "task.name")  # type: ignore[no-any-return]
 
 
 def build_task(name: str, options: dict[str, Any]) -> Task:
