@@ -51,7 +51,7 @@ bench-llama-setup: setup
 	cd $(LLAMA_WORK)/llama-src && tar xzf llama_cpp_python-*.tar.gz
 
 # Regenerate the gRPC V2 Python modules from our .proto files (committed; run after editing them).
-PROTO_DIR := src/shipyard/serve/channels/grpc_v2/protocol
+PROTO_DIR := src/shipyard/protocol
 .PHONY: proto
 proto:
 	$(BIN)/python -m grpc_tools.protoc -Isrc --python_out=src --pyi_out=src --grpc_python_out=src \

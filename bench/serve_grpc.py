@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpc  # noqa: E402
 import serve_rest as sr  # noqa: E402 - model building, MLServer venv, process handling
 
-from shipyard.serve.channels.grpc_v2.protocol import messages_pb2 as pb  # noqa: E402
+from shipyard.protocol import messages_pb2 as pb  # noqa: E402
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 

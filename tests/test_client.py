@@ -96,3 +96,20 @@ def test_docs_example_runs(server: ServerProcess) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["[0", "1", "2", "3]", "[0", "1", "2", "3]"]
     assert "docs/examples/shipyard_client.py" in (ROOT / "README.md").read_text()
+
+
+def test_importing_the_client_loads_no_serve_module() -> None:
+    """A fresh interpreter, so `sys.modules` holds only what `import shipyard.client` pulled in."""
+    import json
+    import os
+    import sys
+
+    from tests.fixtures import ROOT
+
+    code = "import json, sys\nimport shipyard.client\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith('shipyard'))))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "shipyard.client" in modules and "shipyard.protocol.messages_pb2" in modules  # the probe sees
+    assert [m for m in modules if m.startswith("shipyard.serve")] == []

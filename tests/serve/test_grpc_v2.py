@@ -175,7 +175,7 @@ def test_bad_requests_get_the_right_code(client: tgrpc.InferenceServerClient, mo
 
 def test_malformed_messages_are_named(server: ServerProcess) -> None:
     """Requests tritonclient would never build, sent with grpcio and our own messages."""
-    from shipyard.serve.channels.grpc_v2.protocol import messages_pb2 as pb
+    from shipyard.protocol import messages_pb2 as pb
 
     with grpc.insecure_channel(server.grpc_url) as channel:
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",

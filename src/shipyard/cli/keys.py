@@ -13,6 +13,13 @@ keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API k
 FileOpt = Annotated[Path, typer.Option("--file", "-f", help="Key file (YAML) that `serve --auth` reads.")]
 
 
+def _channels() -> str:
+    # The channels' declarations only (no routes, no server): cheap enough for `--help`.
+    from shipyard.serve.channels import channels
+
+    return ", ".join(c.name for c in channels())
+
+
 def _split(text: str | None) -> list[str] | None:
     return [p.strip() for p in text.split(",") if p.strip()] if text else None
 
@@ -21,7 +28,7 @@ def _split(text: str | None) -> list[str] | None:
 def create(
     file: FileOpt,
     models: Annotated[str | None, typer.Option(help="Comma-separated models the key may use; '*' or patterns (default: all).")] = None,
-    channels: Annotated[str | None, typer.Option(help="Comma-separated channels: rest_v2, grpc_v2, rest_v1, openai, metrics (default: all).")] = None,
+    channels: Annotated[str | None, typer.Option(help=f"Comma-separated channels: {_channels()} (default: all).")] = None,
     rate: Annotated[float | None, typer.Option(min=0.001, help="Requests per second allowed (token bucket); default unlimited.")] = None,
     burst: Annotated[int | None, typer.Option(min=1, help="Requests allowed at once above the rate (bucket size).")] = None,
     name: Annotated[str, typer.Option(help="A label: who or what uses this key.")] = "",

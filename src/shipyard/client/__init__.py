@@ -17,7 +17,8 @@ import numpy as np
 from shipyard.client import wire
 from shipyard.client.wire import Inputs
 from shipyard.errors import Unavailable
-from shipyard.serve.channels.grpc_v2.protocol import messages_pb2 as pb
+from shipyard.protocol import messages_pb2 as pb
+from shipyard.protocol.v2 import HEALTH_READY, MODEL, model_path
 
 
 class _Base:
@@ -47,10 +48,6 @@ class _Base:
 
         return {"name": m.name, "versions": list(m.versions), "platform": m.platform,
                 "inputs": specs(m.inputs), "outputs": specs(m.outputs)}
-
-    @staticmethod
-    def _model_path(model: str, version: int | None) -> str:
-        return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
 
 
 class Client(_Base):
@@ -92,14 +89,14 @@ class Client(_Base):
     def model_metadata(self, model: str, version: int | None = None) -> dict[str, Any]:
         if self.kind == "grpc":
             return self._meta_doc(self._call("metadata", pb.ModelMetadataRequest(name=model, version=str(version or ""))))
-        return dict(self._get(self._model_path(model, version)))
+        return dict(self._get(model_path(model, version)))
 
     def ready(self, model: str | None = None) -> bool:
         if self.kind == "grpc":
             if model is None:
                 return bool(self._call("ready", pb.ServerReadyRequest()).ready)
             return bool(self._call("model_ready", pb.ModelReadyRequest(name=model)).ready)
-        path = "/v2/health/ready" if model is None else f"/v2/models/{model}/ready"
+        path = HEALTH_READY if model is None else MODEL.format(model=model) + "/ready"
         return bool(self._send("GET", path).status_code == 200)
 
     def _input_names(self, model: str, inputs: Inputs) -> list[str] | None:
@@ -116,7 +113,7 @@ class Client(_Base):
         if self.kind == "grpc":
             return wire.grpc_response(self._call("infer", wire.grpc_request(model, version, tensors, outputs)))
         body, headers = wire.http_request(tensors, outputs)
-        r = self._send("POST", self._model_path(model, version) + "/infer", content=body, headers=headers)
+        r = self._send("POST", model_path(model, version) + "/infer", content=body, headers=headers)
         if r.status_code != 200:
             raise wire.http_error(r.status_code, r.content, r.headers)
         return wire.http_response(r.content, r.headers)
@@ -160,7 +157,7 @@ class AsyncClient(_Base):
         if self.kind == "grpc":
             m = await self._call("metadata", pb.ModelMetadataRequest(name=model, version=str(version or "")))
             return self._meta_doc(m)
-        r = await self._http.get(self._model_path(model, version))
+        r = await self._http.get(model_path(model, version))
         if r.status_code != 200:
             raise wire.http_error(r.status_code, r.content, r.headers)
         return dict(r.json())
@@ -170,7 +167,7 @@ class AsyncClient(_Base):
             if model is None:
                 return bool((await self._call("ready", pb.ServerReadyRequest())).ready)
             return bool((await self._call("model_ready", pb.ModelReadyRequest(name=model))).ready)
-        path = "/v2/health/ready" if model is None else f"/v2/models/{model}/ready"
+        path = HEALTH_READY if model is None else MODEL.format(model=model) + "/ready"
         return (await self._http.get(path)).status_code == 200
 
     async def infer(self, model: str, inputs: Inputs, version: int | None = None,
@@ -185,7 +182,7 @@ class AsyncClient(_Base):
             reply = await self._call("infer", wire.grpc_request(model, version, tensors, outputs))
             return wire.grpc_response(reply)
         body, headers = wire.http_request(tensors, outputs)
-        r = await self._http.post(self._model_path(model, version) + "/infer", content=body, headers=headers)
+        r = await self._http.post(model_path(model, version) + "/infer", content=body, headers=headers)
         if r.status_code != 200:
             raise wire.http_error(r.status_code, r.content, r.headers)
         return wire.http_response(r.content, r.headers)

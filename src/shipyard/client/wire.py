@@ -8,32 +8,20 @@ from typing import Any
 import numpy as np
 import orjson
 
-from shipyard.errors import (
-    InferenceFailed,
-    InvalidInput,
-    NotFound,
-    PermissionDenied,
-    RateLimited,
-    ShipyardError,
-    Unauthenticated,
-    Unavailable,
+from shipyard.errors import InvalidInput, RateLimited, ShipyardError, Unavailable
+from shipyard.protocol import messages_pb2 as pb
+from shipyard.protocol.status import GRPC_CLASS, HTTP_CLASS
+from shipyard.protocol.v2 import (
+    BINARY_CONTENT_TYPE,
+    BINARY_DATA,
+    BINARY_DATA_OUTPUT,
+    BINARY_DATA_SIZE,
+    GRPC_SERVICE,
+    HEADER_LENGTH,
 )
-from shipyard.serve.channels.grpc_v2.protocol import messages_pb2 as pb
 from shipyard.tensors import Tensor, from_raw, to_raw
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
-SERVICE = "/inference.GRPCInferenceService/"
-
-# Errors the server answered, back as shipyard's own classes (by HTTP status / gRPC code name).
-HTTP_ERRORS: dict[int, type[ShipyardError]] = {
-    400: InvalidInput, 401: Unauthenticated, 403: PermissionDenied, 404: NotFound, 413: InvalidInput,
-    429: RateLimited, 500: InferenceFailed, 503: Unavailable,
-}
-GRPC_ERRORS: dict[str, type[ShipyardError]] = {
-    "INVALID_ARGUMENT": InvalidInput, "UNAUTHENTICATED": Unauthenticated, "PERMISSION_DENIED": PermissionDenied,
-    "NOT_FOUND": NotFound, "RESOURCE_EXHAUSTED": RateLimited, "INTERNAL": InferenceFailed,
-    "UNAVAILABLE": Unavailable, "FAILED_PRECONDITION": InvalidInput,
-}
+SERVICE = f"/{GRPC_SERVICE}/"
 
 Inputs = dict[str, np.ndarray] | np.ndarray
 
@@ -52,7 +40,7 @@ def http_error(status: int, body: bytes, headers: Any) -> ShipyardError:
     except (orjson.JSONDecodeError, AttributeError):
         message = body[:200].decode("utf-8", "replace")
     retry = headers.get("retry-after")
-    return error(HTTP_ERRORS.get(status, ShipyardError), f"HTTP {status}: {message}",
+    return error(HTTP_CLASS.get(status, ShipyardError), f"HTTP {status}: {message}",
                  float(retry) if retry and retry.isdigit() else None)
 
 
@@ -68,13 +56,13 @@ def http_request(tensors: list[Tensor], outputs: list[str] | None) -> tuple[byte
     chunks = [to_raw(t.data, t.datatype) for t in tensors]
     doc: dict[str, Any] = {
         "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape,
-                    "parameters": {"binary_data_size": len(c)}} for t, c in zip(tensors, chunks, strict=True)],
-        "parameters": {"binary_data_output": True},
+                    "parameters": {BINARY_DATA_SIZE: len(c)}} for t, c in zip(tensors, chunks, strict=True)],
+        "parameters": {BINARY_DATA_OUTPUT: True},
     }
     if outputs:
-        doc["outputs"] = [{"name": n, "parameters": {"binary_data": True}} for n in outputs]
+        doc["outputs"] = [{"name": n, "parameters": {BINARY_DATA: True}} for n in outputs]
     head = orjson.dumps(doc)
-    return b"".join([head, *chunks]), {HEADER_LENGTH: str(len(head)), "content-type": "application/octet-stream"}
+    return b"".join([head, *chunks]), {HEADER_LENGTH: str(len(head)), "content-type": BINARY_CONTENT_TYPE}
 
 
 def http_response(body: bytes, headers: Any) -> dict[str, np.ndarray]:
@@ -83,7 +71,7 @@ def http_response(body: bytes, headers: Any) -> dict[str, np.ndarray]:
     doc = orjson.loads(body[:head_len])
     out, offset = {}, head_len
     for o in doc["outputs"]:
-        size = (o.get("parameters") or {}).get("binary_data_size")
+        size = (o.get("parameters") or {}).get(BINARY_DATA_SIZE)
         if size is None:
             out[o["name"]] = np.array(o["data"]).reshape(o["shape"])
             continue
@@ -113,7 +101,7 @@ def grpc_error(e: Any) -> ShipyardError:
     for key, value in e.trailing_metadata() or ():
         if key == "retry-after":
             retry = float(value) if str(value).isdigit() else None
-    return error(GRPC_ERRORS.get(code, ShipyardError), f"{code}: {e.details()}", retry)
+    return error(GRPC_CLASS.get(code, ShipyardError), f"{code}: {e.details()}", retry)
 
 
 def parse_url(url: str) -> tuple[str, str]:

@@ -1,13 +1,11 @@
-"""Building the server: the data plane, every channel on it, and a graceful lifecycle."""
+"""Building the server: the data plane, every registered channel on it, and a graceful lifecycle."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -17,13 +15,12 @@ from shipyard.config import Settings
 from shipyard.errors import ShipyardError
 from shipyard.repository import Repository
 from shipyard.serve.auth import Guard
-from shipyard.serve.channels import http_errors, http_ops, openai, rest_v1, rest_v2
+from shipyard.serve.channels import Listener, channels, http_errors
 from shipyard.serve.channels.http_access import AccessGate
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.manager import ModelManager
 
 log = logging.getLogger("shipyard.serve")
-T = TypeVar("T")
 
 
 def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
@@ -33,28 +30,20 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
     manager = ModelManager(repository, settings)
     guard = Guard(settings.auth) if settings.auth is not None else None
     plane = DataPlane(manager, guard)
-    grpc_channel: Any = None
-    admin = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipyard-admin")
-
-    async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(admin, fn, *args)
+    listeners: list[Listener] = []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         names = models if models else repository.models()
         for name in names:
             try:
-                await run_blocking(manager.load, name)
+                await plane.run_blocking(manager.load, name)
             except ShipyardError as e:
                 log.warning("model %s not loaded: %s", name, e.message)
-        nonlocal grpc_channel
-        if settings.grpc_port:
-            from shipyard.serve.channels.grpc_v2 import GrpcChannel
-
-            grpc_channel = GrpcChannel(plane, run_blocking, lambda: bool(app.state.ready),
-                                       settings.max_request_bytes)
-            await grpc_channel.start(settings.host, settings.grpc_port)
-            log.info("ready: grpc://%s:%s (inference.GRPCInferenceService)", settings.host, settings.grpc_port)
+        started: list[Listener] = []
+        for listener in listeners:
+            await listener.start()
+            started.append(listener)
         app.state.ready = True
         for entry in manager.models.values():
             for lv in entry.versions.values():
@@ -63,26 +52,25 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
         log.info("ready: http://%s:%s/v2 (%d models)", settings.host, settings.port, len(manager.models))
         yield
         app.state.ready = False
-        if grpc_channel is not None:
-            await grpc_channel.stop(grace=10)
-        await run_blocking(manager.close)
-        admin.shutdown(wait=False)
+        for listener in started:
+            await listener.stop(grace=10)
+        await plane.run_blocking(manager.close)
+        plane.close()
 
     app = FastAPI(title="shipyard", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.ready = False
     app.state.dataplane = plane
-    app.state.run_blocking = run_blocking
     app.add_exception_handler(ShipyardError, http_errors.shipyard_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_errors.http_error_handler)
     app.add_exception_handler(Exception, http_errors.internal_error_handler)
-    app.include_router(rest_v2.router)
-    app.include_router(openai.router)
-    app.add_middleware(rest_v2.InferFastPath, fastapi_app=app)
-    app.include_router(http_ops.router)
-    app.include_router(rest_v1.router)
+    registered = channels()
+    for channel in registered:
+        listener = channel.mount(app)
+        if listener is not None:
+            listeners.append(listener)
     if guard is not None:  # outermost: checked before the fast path and every route
-        app.add_middleware(AccessGate, fastapi_app=app)
+        app.add_middleware(AccessGate, fastapi_app=app, channels=registered)
     return app
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,11 +20,14 @@ from shipyard.serve.auth import Guard, KeyRecord
 from shipyard.serve.manager import READY, LoadedVersion, ModelManager
 from shipyard.serve.metrics import OTHER, Metrics
 from shipyard.serve.routing import Router
-from shipyard.serve.types import InferRequest, InferResponse
+from shipyard.serve.types import InferRequest, InferResponse, Route, VersionStatus
 from shipyard.tensors import Tensor, numpy_dtype
 
 log = logging.getLogger("shipyard.serve")
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+T = TypeVar("T")
+# What a channel hands `DataPlane.infer`: the decoding of its request (reading the body included).
+Decode = Callable[[], InferRequest | Awaitable[InferRequest]]
 
 
 def _shape_matches(shape: list[int], expected: list[int]) -> bool:
@@ -94,8 +99,18 @@ class DataPlane:
         self.metrics = Metrics(manager)
         self.router = Router(manager.repository)
         self._shadows: set[asyncio.Task[None]] = set()
+        # Loading and unloading block for seconds: they run here, off the event loop.
+        self._admin = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipyard-admin")
         manager.batch_observer = self.metrics.batch_observer
         manager.generation_observer = self.metrics.generation_observer
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call (loading a model) in the plane's admin threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._admin, fn, *args)
+
+    def close(self) -> None:
+        """Stop the admin threads (after `manager.close`)."""
+        self._admin.shutdown(wait=False)
 
     # -- access ----------------------------------------------------------------------------
     def authorize(self, token: str | None, channel: str, model: str | None = None,
@@ -112,10 +127,6 @@ class DataPlane:
     def visible(self, key: KeyRecord | None, model: str) -> bool:
         """Whether a listing shown to this key may name the model."""
         return key is None or key.allows(key.models, model)
-
-    def reject(self, model: str, channel: str, exc: BaseException, start: float) -> None:
-        """Count a request that a channel refused before it reached `infer` (it could not decode it)."""
-        self.metrics.record_error(model, None, channel, exc, start)
 
     # -- health and metadata ---------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
@@ -139,6 +150,16 @@ class DataPlane:
         if lv.reason:
             meta["reason"] = lv.reason
         return meta
+
+    def version_status(self, name: str, version: int | None) -> list[VersionStatus]:
+        """Each loaded version of the model (or the one asked for), newest first."""
+        entry = self.manager.entry(name)
+        if version is not None and version not in entry.versions:
+            self.manager.get(name, version)  # NotFound naming the loaded versions
+        versions = {version: entry.versions[version]} if version is not None else entry.versions
+        return [VersionStatus(v, lv.state, lv.reason,
+                              int(lv.manifest.created.timestamp()) if lv.manifest else None)
+                for v, lv in sorted(versions.items(), reverse=True)]
 
     def model_config(self, name: str, version: int | None) -> dict[str, Any]:
         """The serving config as Triton's model configuration describes it (dims without the
@@ -172,27 +193,71 @@ class DataPlane:
                 rows.append(_stats(lv))
         return rows
 
+    # -- repository extension ----------------------------------------------------------------
+    def repository_index(self, key: KeyRecord | None, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every model in the repository this key may see, with each version's state."""
+        rows = [r for r in self.manager.index() if self.visible(key, r["name"])]
+        return [r for r in rows if r["state"] == READY] if ready_only else rows
+
+    async def load(self, name: str) -> None:
+        """(Re)load a model; InvalidInput naming each version's reason when none is ready."""
+        entry = await self.run_blocking(self.manager.load, name)
+        if not entry.ready_versions():
+            reasons = "; ".join(f"version {v}: {lv.reason}" for v, lv in sorted(entry.versions.items()))
+            raise InvalidInput(f"failed to load '{name}': {reasons or 'no versions to load'}")
+
+    async def unload(self, name: str) -> None:
+        await self.run_blocking(self.manager.unload, name)
+
     # -- inference ---------------------------------------------------------------------------
-    async def infer(self, request: InferRequest, channel: str = "rest_v2", start: float | None = None) -> InferResponse:
-        """Run one request; counted in the metrics with its outcome and time since `start`."""
-        start = time.perf_counter() if start is None else start
-        version = request.version
+    def resolve(self, model: str, version: int | None) -> Route:
+        """The version that answers (the traffic split chooses when none is named) and its
+        signature. A channel that needs the signature to decode resolves first and pins the route
+        on its request, so the version it decoded for is the one that answers."""
+        shadow = None
+        if version is None and self.router.routing(model) is not None:
+            ready = self.manager.entry(model).ready_versions()
+            version, shadow = self.router.choose(model, ready)
+        lv = self.manager.get(model, version)
+        assert lv.manifest is not None and lv.batcher is not None
+        return Route(lv.version, lv.manifest.signature, lv, shadow)
+
+    async def infer(self, channel: str, model: str, decode: Decode) -> tuple[InferRequest, InferResponse]:
+        """Decode and answer one request of `channel`: the decoded request and its answer. The
+        clock starts before `decode` (reading the body counts), and a request that `decode`
+        refuses is counted too, under `model` (the name its path or message gave), so a channel
+        keeps no books of its own."""
+        start = time.perf_counter()
+        try:
+            decoded = decode()
+            request = decoded if isinstance(decoded, InferRequest) else await decoded
+        except ShipyardError as e:
+            self.metrics.record_error(model, None, channel, e, start)
+            raise
         try:
             response = await self._infer(request)
         except BaseException as e:
-            self.metrics.record_error(request.model, version, channel, e, start)
+            self.metrics.record_error(request.model, request.version, channel, e, start)
             raise
         self.metrics.record(request.model, response.version, channel, "success", start)
-        return response
+        return request, response
+
+    async def count(self, channel: str, model: Callable[[], str], work: Callable[[], Awaitable[T]]) -> T:
+        """Run one call of a channel that does not go through `infer` (a generation), counted
+        the same way: its outcome and time, under the model `model()` names once it is done."""
+        start = time.perf_counter()
+        try:
+            result = await work()
+        except Exception as e:
+            self.metrics.record_error(model(), None, channel, e, start)
+            raise
+        self.metrics.record(model(), None, channel, "success", start)
+        return result
 
     async def _infer(self, request: InferRequest) -> InferResponse:
-        version, shadow = request.version, None
-        if version is None and self.router.routing(request.model) is not None:
-            ready = self.manager.entry(request.model).ready_versions()
-            version, shadow = self.router.choose(request.model, ready)
-        lv = self.manager.get(request.model, version)
-        assert lv.manifest is not None and lv.batcher is not None
-        signature = lv.manifest.signature
+        route = request.route or self.resolve(request.model, request.version)
+        lv, shadow, signature = route.loaded, route.shadow, route.signature
+        assert lv.batcher is not None
         arrays = check_inputs(request, signature)
         wanted = check_outputs(request, signature)
         results = await lv.batcher.submit(arrays, wanted)

@@ -53,20 +53,20 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "_other"
 
-# Outcome label of each error class; most specific first, as in the channels' status tables.
-OUTCOMES: list[tuple[type[BaseException], str]] = [
-    (asyncio.CancelledError, "cancelled"),  # the client went away before the answer
-    (Unauthenticated, "unauthenticated"),
-    (PermissionDenied, "forbidden"),
-    (RateLimited, "rate_limited"),
-    (InvalidInput, "invalid"),
-    (NotFound, "not_found"),
-    (Unavailable, "unavailable"),
-    (InferenceFailed, "error"),
-    (IntegrityError, "error"),
-    (ShipyardError, "invalid"),
-    (Exception, "error"),
-]
+# Outcome label of each error class, looked up along the class's MRO (a new error class is
+# counted as its nearest listed ancestor); anything else is an "error".
+OUTCOMES: dict[type[BaseException], str] = {
+    asyncio.CancelledError: "cancelled",  # the client went away before the answer
+    ShipyardError: "invalid",
+    Unauthenticated: "unauthenticated",
+    PermissionDenied: "forbidden",
+    RateLimited: "rate_limited",
+    InvalidInput: "invalid",
+    NotFound: "not_found",
+    Unavailable: "unavailable",
+    InferenceFailed: "error",
+    IntegrityError: "error",
+}
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -81,7 +81,11 @@ E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 2
 
 
 def outcome_of(exc: BaseException) -> str:
-    return next((name for cls, name in OUTCOMES if isinstance(exc, cls)), "error")
+    for cls in type(exc).__mro__:
+        outcome = OUTCOMES.get(cls)
+        if outcome is not None:
+            return outcome
+    return "error"
 
 
 class _LiveState:

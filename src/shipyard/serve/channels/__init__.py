@@ -1,1 +1,62 @@
-"""Channels: one thin adapter per protocol over the data plane."""
+"""Channels: one thin adapter per protocol over the data plane, each a package in this folder.
+
+A channel's `__init__.py` declares `CHANNEL = Channel(...)` and imports nothing heavy: the CLI
+reads the declarations for its help text, and `mount` imports the routes only when a server is
+built. Adding a channel is one new package here plus its name in REGISTRY; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+# The channels, in the order their routes are mounted and their paths are checked.
+REGISTRY = ("rest_v2", "grpc_v2", "rest_v1", "openai", "metrics")
+
+
+class Listener(Protocol):
+    """A channel's own port (gRPC): started once the models are loaded, stopped before they
+    unload. `stop` must let calls in flight finish within `grace` seconds."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class HttpPath:
+    """An HTTP path the access gate attributes to a channel: `pattern` is a regex matched at the
+    path's start, whose group named `model` (if any) is the model the key must be allowed. A
+    `fallback` path claims only what no channel's other paths matched (the rest of a prefix)."""
+
+    pattern: str
+    fallback: bool = False
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What a channel declares.
+
+    name: the `channel` label of its metrics and the word API keys list to allow it.
+    paths: the HTTP paths it answers, so one access gate checks keys for every channel.
+    open_paths: exact paths anyone may call without a key (health probes).
+    mount: called once with the FastAPI app (whose `state` holds `dataplane` and `settings`):
+        it adds the channel's routes or middleware and may return a Listener for a port of its
+        own. It is the place to import the channel's modules; the data plane is its only door
+        to the serving core.
+    """
+
+    name: str
+    mount: Callable[[FastAPI], Listener | None]
+    paths: tuple[HttpPath, ...] = ()
+    open_paths: frozenset[str] = frozenset()
+
+
+def channels() -> list[Channel]:
+    """Every registered channel's declaration, in REGISTRY order."""
+    return [importlib.import_module(f"{__name__}.{name}").CHANNEL for name in REGISTRY]

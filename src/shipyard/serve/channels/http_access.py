@@ -1,6 +1,7 @@
 """API keys on every HTTP channel: one ASGI layer in front of all routes (the V2 infer fast path
-included). It finds the channel and the model a path names, asks the data plane's guard, and
-answers 401/403/429 itself. Health routes stay open, as probes carry no keys."""
+included). It finds the channel and the model a path names, from the paths each channel declares,
+asks the data plane's guard, and answers 401/403/429 itself. Open paths (health probes) need no
+key, as probes carry none."""
 
 from __future__ import annotations
 
@@ -11,27 +12,26 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shipyard.errors import ShipyardError
+from shipyard.serve.channels import Channel
 from shipyard.serve.channels.http_errors import shipyard_error_handler
 from shipyard.serve.dataplane import DataPlane
 
-OPEN = frozenset({"/v2/health/live", "/v2/health/ready"})
-# (pattern, channel): the first group, when present, is the model the path names.
-ROUTES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"^/v2/models/stats$"), "rest_v2"),
-    (re.compile(r"^/v2/models/([^/]+)"), "rest_v2"),
-    (re.compile(r"^/v2/repository/models/([^/]+)/"), "rest_v2"),
-    (re.compile(r"^/v2(?:/|$)"), "rest_v2"),
-    (re.compile(r"^/v1/models/([^/:]+)(?:/versions/[^/:]+)?(?::predict)?$"), "rest_v1"),
-    (re.compile(r"^/v1/"), "openai"),
-    (re.compile(r"^/metrics$"), "metrics"),
-]
+# (pattern, channel): a group named `model`, when present, is the model the path names.
+Table = list[tuple[re.Pattern[str], str]]
 
 
-def route_of(path: str) -> tuple[str, str | None]:
-    for pattern, channel in ROUTES:
+def access_table(channels: list[Channel]) -> Table:
+    """Every channel's paths, in registry order; fallback paths after all the others."""
+    paths = [(p, c.name) for c in channels for p in c.paths]
+    ordered = [x for x in paths if not x[0].fallback] + [x for x in paths if x[0].fallback]
+    return [(re.compile("^" + p.pattern), name) for p, name in ordered]
+
+
+def route_of(table: Table, path: str) -> tuple[str, str | None]:
+    for pattern, channel in table:
         m = pattern.match(path)
         if m:
-            return channel, m.group(1) if m.groups() else None
+            return channel, m.groupdict().get("model")
     return "http", None
 
 
@@ -44,16 +44,18 @@ def bearer(scope: Scope) -> str | None:
 
 
 class AccessGate:
-    def __init__(self, app: ASGIApp, fastapi_app: Any) -> None:
+    def __init__(self, app: ASGIApp, fastapi_app: Any, channels: list[Channel]) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
+        self.table = access_table(channels)
+        self.open = frozenset(p for c in channels for p in c.open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN:
+        if scope["type"] != "http" or scope["path"] in self.open:
             await self.app(scope, receive, send)
             return
         plane: DataPlane = self.fastapi_app.state.dataplane
-        channel, model = route_of(scope["path"])
+        channel, model = route_of(self.table, scope["path"])
         try:
             key = plane.authorize(bearer(scope), channel, model)
         except ShipyardError as e:

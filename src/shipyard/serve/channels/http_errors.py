@@ -1,4 +1,5 @@
-"""The one table from shipyard's error classes to HTTP status codes, shared by HTTP channels."""
+"""How every HTTP channel answers an error: the status from `shipyard.protocol.status.HTTP` (the one
+table, which the client reads too), the message as `{"error": ...}`, Retry-After when known."""
 
 from __future__ import annotations
 
@@ -10,38 +11,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shipyard.errors import (
-    Conflict,
-    InferenceFailed,
-    IntegrityError,
-    InvalidInput,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RateLimited,
-    ShipyardError,
-    Unauthenticated,
-    Unavailable,
-    UnsafeModel,
-)
+from shipyard.errors import ShipyardError, Unauthenticated
+from shipyard.protocol.status import http_status
 
 log = logging.getLogger("shipyard.serve")
-
-# Most specific first: the first class an error is an instance of decides.
-STATUS: list[tuple[type[ShipyardError], int]] = [
-    (Unauthenticated, 401),
-    (PermissionDenied, 403),
-    (RateLimited, 429),
-    (PayloadTooLarge, 413),
-    (InvalidInput, 400),
-    (UnsafeModel, 400),
-    (NotFound, 404),
-    (Conflict, 409),
-    (Unavailable, 503),
-    (IntegrityError, 500),
-    (InferenceFailed, 500),
-    (ShipyardError, 400),
-]
 
 
 def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -50,7 +23,7 @@ def error_response(message: str, status: int, headers: dict[str, str] | None = N
 
 
 def status_of(exc: ShipyardError) -> int:
-    return next(code for cls, code in STATUS if isinstance(exc, cls))
+    return http_status(exc)
 
 
 async def shipyard_error_handler(request: Request, exc: Exception) -> Response:

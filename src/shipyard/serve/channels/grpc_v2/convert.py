@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInput
-from shipyard.serve.channels.grpc_v2.protocol import messages_pb2 as pb
+from shipyard.protocol import messages_pb2 as pb
 from shipyard.serve.types import InferRequest, InferResponse, RequestedOutput
 from shipyard.tensors import Tensor, element_count, from_raw, numpy_dtype, to_bytes_array, to_raw
 

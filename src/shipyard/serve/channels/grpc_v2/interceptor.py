@@ -1,4 +1,5 @@
-"""The one place where the gRPC channel checks keys and maps shipyard's errors to status codes."""
+"""The one place where the gRPC channel checks keys and maps shipyard's errors to status codes
+(by the table in `shipyard.protocol.status`)."""
 
 from __future__ import annotations
 
@@ -10,55 +11,29 @@ from typing import Any
 
 import grpc
 
-from shipyard.errors import (
-    Conflict,
-    InferenceFailed,
-    IntegrityError,
-    InvalidInput,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RateLimited,
-    ShipyardError,
-    Unauthenticated,
-    Unavailable,
-    UnsafeModel,
-)
+from shipyard.errors import ShipyardError
+from shipyard.protocol.status import grpc_code
+from shipyard.protocol.v2 import GRPC_SERVICE
 from shipyard.serve.auth import KeyRecord
 from shipyard.serve.dataplane import DataPlane
 
 log = logging.getLogger("shipyard.serve")
 
 CHANNEL = "grpc_v2"
-PREFIX = "/inference.GRPCInferenceService/"
+PREFIX = f"/{GRPC_SERVICE}/"
 # Methods anyone may call: the health checks (grpc.health.v1 is outside this service and open too).
 OPEN = {"ServerLive", "ServerReady"}
 # Where each method's request names its model: the key must be allowed that model.
 MODEL_FIELD = {"ModelInfer": "model_name", "ModelReady": "name", "ModelMetadata": "name", "ModelConfig": "name",
                "ModelStatistics": "name", "RepositoryModelLoad": "model_name", "RepositoryModelUnload": "model_name"}
 
-# Most specific first: the first class an error is an instance of decides.
-STATUS: list[tuple[type[ShipyardError], grpc.StatusCode]] = [
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (UnsafeModel, grpc.StatusCode.FAILED_PRECONDITION),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
-    (Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (IntegrityError, grpc.StatusCode.INTERNAL),
-    (InferenceFailed, grpc.StatusCode.INTERNAL),
-    (ShipyardError, grpc.StatusCode.INVALID_ARGUMENT),
-]
-
 # The caller's key record, for methods that filter what they list (index, statistics).
 current_key: contextvars.ContextVar[KeyRecord | None] = contextvars.ContextVar("shipyard_key", default=None)
 
 
 def status_of(exc: ShipyardError) -> grpc.StatusCode:
-    return next(code for cls, code in STATUS if isinstance(exc, cls))
+    """From `shipyard.protocol.status.GRPC`, the one table, which the client reads too."""
+    return grpc.StatusCode[grpc_code(exc)]
 
 
 # The caller's key as sent, read from the call details the interceptor already holds (asking the

@@ -4,8 +4,8 @@ Access checks and the error -> status-code table live in one interceptor (interc
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -13,21 +13,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from shipyard.errors import InvalidInput, ShipyardError
+from shipyard.protocol import messages_pb2 as pb
+from shipyard.protocol import service_pb2_grpc
+from shipyard.protocol.v2 import GRPC_SERVICE
 from shipyard.serve.channels.grpc_v2 import convert
 from shipyard.serve.channels.grpc_v2.interceptor import CHANNEL, ErrorsAndAccess, current_key, token_of
-from shipyard.serve.channels.grpc_v2.protocol import messages_pb2 as pb
-from shipyard.serve.channels.grpc_v2.protocol import service_pb2_grpc
 from shipyard.serve.dataplane import DataPlane
 
-SERVICE = "inference.GRPCInferenceService"
+log = logging.getLogger("shipyard.serve")
 STREAM_WINDOW = 64  # requests of one stream in flight at once
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, run_blocking: Callable[..., Awaitable[Any]],
-                 ready: Callable[[], bool]) -> None:
+    def __init__(self, plane: DataPlane, ready: Callable[[], bool]) -> None:
         self.plane = plane
-        self.run_blocking = run_blocking
         self.ready = ready
 
     # -- health and metadata ------------------------------------------------------------------
@@ -62,13 +61,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self._infer(request)
 
     async def _infer(self, request: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            core = convert.decode_request(request)
-        except ShipyardError as e:
-            self.plane.reject(request.model_name, CHANNEL, e, start)
-            raise
-        return convert.encode_response(await self.plane.infer(core, CHANNEL, start))
+        _, response = await self.plane.infer(CHANNEL, request.model_name, lambda: convert.decode_request(request))
+        return convert.encode_response(response)
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """Each request is answered in order on the stream; a bad one gets an error_message and
@@ -102,54 +96,53 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # -- repository extension -----------------------------------------------------------------
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        key = current_key.get()
-        rows = [r for r in self.plane.manager.index() if self.plane.visible(key, r["name"])]
-        if request.ready:
-            rows = [r for r in rows if r["state"] == "READY"]
+        rows = self.plane.repository_index(current_key.get(), request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**r) for r in rows])
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         if not request.model_name:
             raise InvalidInput("give model_name to load")
-        entry = await self.run_blocking(self.plane.manager.load, request.model_name)
-        if not entry.ready_versions():
-            reasons = "; ".join(f"version {v}: {lv.reason}" for v, lv in sorted(entry.versions.items()))
-            raise InvalidInput(f"failed to load '{request.model_name}': {reasons or 'no versions to load'}")
+        await self.plane.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         if not request.model_name:
             raise InvalidInput("give model_name to unload")
-        await self.run_blocking(self.plane.manager.unload, request.model_name)
+        await self.plane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 
 class GrpcChannel:
-    """The gRPC server of one `shipyard serve` process, on the same event loop as HTTP."""
+    """The gRPC server of one `shipyard serve` process, on the same event loop as HTTP (a Listener:
+    built and bound in `start`, once that loop runs)."""
 
-    def __init__(self, plane: DataPlane, run_blocking: Callable[..., Awaitable[Any]],
-                 ready: Callable[[], bool], max_message_bytes: int) -> None:
+    def __init__(self, plane: DataPlane, ready: Callable[[], bool], host: str, port: int,
+                 max_message_bytes: int) -> None:
+        self.plane, self.ready = plane, ready
+        self.host, self.port, self.max_message_bytes = host, port, max_message_bytes
+        self.server: Any = None
+        self.health: Any = None
+
+    async def start(self) -> None:
+        self.health = HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[ErrorsAndAccess(plane)],
-            options=[("grpc.max_receive_message_length", max_message_bytes),
+            interceptors=[ErrorsAndAccess(self.plane)],
+            options=[("grpc.max_receive_message_length", self.max_message_bytes),
                      ("grpc.max_send_message_length", -1),
                      ("grpc.so_reuseport", 0)],
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(plane, run_blocking, ready), self.server)
-        self.health = HealthServicer()
+            InferenceServicer(self.plane, self.ready), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-
-    async def start(self, host: str, port: int) -> int:
         try:
-            bound = self.server.add_insecure_port(f"{host}:{port}")
+            self.server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError as e:
-            raise InvalidInput(f"cannot listen for gRPC on {host}:{port} ({e}); the port may be in use: "
+            raise InvalidInput(f"cannot listen for gRPC on {self.host}:{self.port} ({e}); the port may be in use: "
                                "pass --grpc-port N, or --grpc-port 0 to turn gRPC off") from None
         await self.server.start()
-        for service in ("", SERVICE):
+        for service in ("", GRPC_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        return int(bound)
+        log.info("ready: grpc://%s:%s (%s)", self.host, self.port, GRPC_SERVICE)
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()

@@ -1,5 +1,21 @@
 """OpenAI-compatible completions and chat completions with SSE streaming, for causal LMs."""
 
-from shipyard.serve.channels.openai.routes import router
+from __future__ import annotations
 
-__all__ = ["router"]
+from typing import TYPE_CHECKING
+
+from shipyard.serve.channels import Channel, HttpPath
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+
+def mount(app: FastAPI) -> None:
+    from shipyard.serve.channels.openai.routes import router
+
+    app.include_router(router)
+
+
+# The rest of /v1 (after rest_v1's model paths): the model is named in the body, so the routes
+# check it against the key themselves.
+CHANNEL = Channel(name="openai", mount=mount, paths=(HttpPath(r"/v1/", fallback=True),))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -148,15 +147,13 @@ def _engine(request: Request, model: str) -> EngineClient:
 
 def _guarded(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        start = time.perf_counter()
         plane = request.app.state.dataplane
         try:
-            response = await fn(request)
+            # A stream counts when its answer starts; its tokens are the engine's statistics.
+            response: Response = await plane.count(
+                "openai", lambda: getattr(request.state, "model", None) or "", lambda: fn(request))
         except Exception as e:  # noqa: BLE001 - every failure leaves in OpenAI's shape
-            plane.reject(getattr(request.state, "model", None) or "", "openai", e, start)
             return _error(e, "messages" if fn is _chat else "prompt")
-        # A stream counts when its answer starts; its tokens are the engine's statistics.
-        plane.metrics.record(getattr(request.state, "model", ""), None, "openai", "success", start)
         return response
 
     endpoint.__name__ = fn.__name__

@@ -1,5 +1,23 @@
 """TF Serving / KServe V1 REST: `POST /v1/models/{m}[/versions/{v}]:predict`, `GET /v1/models/{m}`."""
 
-from shipyard.serve.channels.rest_v1.routes import router
+from __future__ import annotations
 
-__all__ = ["router"]
+from typing import TYPE_CHECKING
+
+from shipyard.serve.channels import Channel, HttpPath
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+
+def mount(app: FastAPI) -> None:
+    from shipyard.serve.channels.rest_v1.routes import router
+
+    app.include_router(router)
+
+
+CHANNEL = Channel(
+    name="rest_v1",
+    mount=mount,
+    paths=(HttpPath(r"/v1/models/(?P<model>[^/:]+)(?:/versions/[^/:]+)?(?::predict)?$"),),
+)

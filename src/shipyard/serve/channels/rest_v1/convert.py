@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInput
-from shipyard.repository import Signature, TensorSpec
+from shipyard.repository import TensorSpec
+from shipyard.serve.channels.http_util import json_data  # the same JSON -> numpy rules as V2
 from shipyard.serve.channels.rest_v1.protocol import B64, INPUTS, INSTANCES, OUTPUTS, PREDICTIONS
-from shipyard.serve.channels.rest_v2.convert import _json_data  # same JSON -> numpy rules as V2
-from shipyard.serve.types import InferRequest, InferResponse
+from shipyard.serve.types import InferRequest, InferResponse, Route
 from shipyard.tensors import Tensor
 
 
@@ -45,16 +45,17 @@ def _tensor(spec: TensorSpec, value: Any) -> Tensor:
         shape = list(np.shape(value))
     except ValueError as e:  # ragged nesting
         raise InvalidInput(f"input '{spec.name}': data is not a regular array: {e}") from None
-    return Tensor(spec.name, spec.datatype, shape, _json_data(value, spec.datatype, shape, spec.name))
+    return Tensor(spec.name, spec.datatype, shape, json_data(value, spec.datatype, shape, spec.name))
 
 
-def decode_request(doc: Any, model: str, version: int | None, signature: Signature) -> tuple[InferRequest, bool]:
-    """Returns the core request and whether the answer uses the row format."""
+def decode_request(doc: Any, model: str, version: int | None, route: Route) -> tuple[InferRequest, bool]:
+    """Returns the core request (answered from `route`, whose signature typed it) and whether the
+    answer uses the row format."""
     if not isinstance(doc, dict):
         raise InvalidInput(f"request body must be a JSON object with '{INSTANCES}' or '{INPUTS}'")
     if (INSTANCES in doc) == (INPUTS in doc):
         raise InvalidInput(f"request body must have exactly one of '{INSTANCES}' (rows) or '{INPUTS}' (columns)")
-    specs = signature.inputs
+    specs = route.signature.inputs
     names = [s.name for s in specs]
     rows = INSTANCES in doc
     if rows:
@@ -85,7 +86,7 @@ def decode_request(doc: Any, model: str, version: int | None, signature: Signatu
             raise InvalidInput(f"model '{model}' takes {len(specs)} inputs {names}: '{INPUTS}' must be an "
                                "object naming them")
     tensors = [_tensor(spec, columns[spec.name]) for spec in specs]
-    return InferRequest(model=model, version=version, inputs=tensors), rows
+    return InferRequest(model=model, version=version, inputs=tensors, route=route), rows
 
 
 def _jsonable(array: np.ndarray) -> Any:

@@ -3,18 +3,16 @@ Routes are specific (`/v1/models/{m}`, `...:predict`): the rest of /v1 belongs t
 
 from __future__ import annotations
 
-import time
-
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from shipyard.errors import InvalidInput, ShipyardError
-from shipyard.serve.channels.http_util import json_response, parse_version
+from shipyard.errors import InvalidInput
+from shipyard.serve.channels.http_util import json_response, parse_version, read_body
 from shipyard.serve.channels.rest_v1.convert import decode_request, encode_response
 from shipyard.serve.channels.rest_v1.protocol import STATE
-from shipyard.serve.channels.rest_v2.routes import read_body
 from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.types import InferRequest
 
 router = APIRouter()
 CHANNEL = "rest_v1"
@@ -31,15 +29,11 @@ async def model_status(request: Request, model: str, version: str | None = None)
     (`id`, `object`, `created`, `owned_by`): this path is also OpenAI's retrieve-model, and each
     kind of client reads only its own fields."""
     plane: DataPlane = request.app.state.dataplane
-    v = _version(version)
-    entry = plane.manager.entry(model)
-    versions = {v: entry.versions[v]} if v is not None and v in entry.versions else entry.versions
-    if v is not None and v not in entry.versions:
-        plane.manager.get(model, v)  # NotFound naming the loaded versions
-    status = [{"version": str(n), "state": STATE.get(lv.state, "UNKNOWN"),
-               "status": {"error_code": "OK" if lv.state == "READY" else "UNAVAILABLE", "error_message": lv.reason}}
-              for n, lv in sorted(versions.items(), reverse=True)]
-    created = max((int(lv.manifest.created.timestamp()) for lv in versions.values() if lv.manifest), default=0)
+    versions = plane.version_status(model, _version(version))
+    status = [{"version": str(s.version), "state": STATE.get(s.state, "UNKNOWN"),
+               "status": {"error_code": "OK" if s.state == "READY" else "UNAVAILABLE", "error_message": s.reason}}
+              for s in versions]
+    created = max((s.created for s in versions if s.created is not None), default=0)
     return _json({"name": model, "ready": any(s["state"] == "AVAILABLE" for s in status),
                   "model_version_status": status,
                   "id": model, "object": "model", "created": created, "owned_by": "shipyard"})
@@ -49,19 +43,18 @@ async def model_status(request: Request, model: str, version: str | None = None)
 @router.post("/v1/models/{model}/versions/{version}:predict")
 async def predict(request: Request, model: str, version: str | None = None) -> Response:
     plane: DataPlane = request.app.state.dataplane
-    start = time.perf_counter()
-    try:
+    rows = False
+
+    async def decode() -> InferRequest:
+        nonlocal rows
         v = _version(version)
         body = await read_body(request)
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as e:
             raise InvalidInput(f"request body is not valid JSON: {e}") from None
-        lv = plane.manager.get(model, v)
-        assert lv.manifest is not None
-        infer_request, rows = decode_request(doc, model, v, lv.manifest.signature)
-    except ShipyardError as e:
-        plane.reject(model, CHANNEL, e, start)
-        raise
-    response = await plane.infer(infer_request, CHANNEL, start)
+        infer_request, rows = decode_request(doc, model, v, plane.resolve(model, v))
+        return infer_request
+
+    _, response = await plane.infer(CHANNEL, model, decode)
     return _json(encode_response(response, rows))

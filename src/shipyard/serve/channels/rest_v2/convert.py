@@ -8,76 +8,27 @@ import numpy as np
 import orjson
 
 from shipyard.errors import InvalidInput
-from shipyard.repository import Signature
-from shipyard.serve.channels.rest_v2.protocol import (
+from shipyard.protocol.v2 import (
     BINARY_CONTENT_TYPE,
     BINARY_DATA,
     BINARY_DATA_OUTPUT,
     BINARY_DATA_SIZE,
     HEADER_LENGTH,
     JSON_CONTENT_TYPE,
-    expect_dict,
-    expect_list,
-    expect_shape,
 )
-from shipyard.serve.types import InferRequest, InferResponse, RequestedOutput
-from shipyard.tensors import Tensor, element_count, from_raw, numpy_dtype, to_bytes_array, to_raw
-
-# Which JSON-decoded numpy kinds each tensor kind accepts: ints for floats, never floats for ints.
-_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
-_KIND_NAMES = {"b": "boolean", "i": "integer", "u": "integer", "f": "floating-point", "U": "string", "O": "mixed"}
-
-
-def _has_float(data: Any) -> bool:
-    if isinstance(data, list):
-        return any(_has_float(x) for x in data)
-    return isinstance(data, float)
-
-
-def _json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
-    count = element_count(shape)
-    if datatype == "BYTES":
-        flat = np.asarray(data, dtype=object).reshape(-1) if isinstance(data, list) else np.asarray([data], dtype=object)
-        if flat.size != count:
-            raise InvalidInput(f"input '{name}' has {flat.size} elements; shape {shape} needs {count}")
-        if not all(isinstance(x, str) for x in flat):
-            raise InvalidInput(f"input '{name}': BYTES data in JSON must be strings")
-        return to_bytes_array(flat).reshape(shape)
-    dtype = numpy_dtype(datatype)
-    try:
-        array = np.array(data)
-    except (ValueError, TypeError) as e:  # ragged nesting
-        raise InvalidInput(f"input '{name}': data is not a regular array: {e}") from None
-    kind = array.dtype.kind
-    if kind == "f" and dtype.kind in "iu" and not _has_float(data):
-        # numpy falls back to float64 for ints past int64 (large UINT64 values): keep them exact.
-        try:
-            array, kind = np.array(data, dtype=dtype), dtype.kind
-        except OverflowError:
-            raise InvalidInput(f"input '{name}': values do not fit {datatype}") from None
-    if array.size and kind not in _JSON_KINDS[dtype.kind]:
-        raise InvalidInput(
-            f"input '{name}': data holds {_KIND_NAMES.get(kind, array.dtype.name)} values; "
-            f"the tensor is {datatype}"
-        )
-    if dtype.kind in "iu" and array.size:
-        info = np.iinfo(dtype)
-        lo, hi = array.min(), array.max()
-        if lo < info.min or hi > info.max:
-            raise InvalidInput(
-                f"input '{name}': values [{lo}, {hi}] do not fit {datatype} [{info.min}, {info.max}]"
-            )
-    array = array.astype(dtype, copy=False)
-    if array.size != count:
-        raise InvalidInput(f"input '{name}' has {array.size} elements; shape {shape} needs {count}")
-    return array.reshape(shape)
+from shipyard.serve.channels.http_util import json_data
+from shipyard.serve.channels.rest_v2.protocol import expect_dict, expect_list, expect_shape
+from shipyard.serve.types import InferRequest, InferResponse, RequestedOutput, Route
+from shipyard.tensors import Tensor, element_count, from_raw, numpy_dtype, to_raw
 
 
 def decode_request(body: bytes, header_length: int | None, model: str, version: int | None,
-                   signature: Signature | None) -> tuple[InferRequest, bool]:
-    """Parse an infer request; returns it and whether outputs default to binary."""
+                   route: Route | None) -> tuple[InferRequest, bool]:
+    """Parse an infer request; returns it and whether outputs default to binary. A raw body
+    (`header_length` 0) needs the `route` resolved for it: its signature types the bytes."""
     if header_length == 0:
-        return _decode_raw(body, model, version, signature), True
+        assert route is not None
+        return _decode_raw(body, model, version, route), True
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise InvalidInput(
@@ -119,7 +70,7 @@ def decode_request(body: bytes, header_length: int | None, model: str, version: 
             data = from_raw(binary[offset : offset + size], datatype, shape, name)
             offset += size
         elif "data" in raw:
-            data = _json_data(raw["data"], datatype, shape, name)
+            data = json_data(raw["data"], datatype, shape, name)
         else:
             raise InvalidInput(f"input '{name}' has neither 'data' nor '{BINARY_DATA_SIZE}'")
         tensors.append(Tensor(name, datatype, shape, data))
@@ -139,10 +90,11 @@ def decode_request(body: bytes, header_length: int | None, model: str, version: 
     return request, bool(params.get(BINARY_DATA_OUTPUT, False))
 
 
-def _decode_raw(body: bytes, model: str, version: int | None, signature: Signature | None) -> InferRequest:
+def _decode_raw(body: bytes, model: str, version: int | None, route: Route) -> InferRequest:
     """`Inference-Header-Content-Length: 0`: the whole body is the one input's raw tensor."""
-    if signature is None or len(signature.inputs) != 1:
-        n = len(signature.inputs) if signature else 0
+    signature = route.signature
+    if len(signature.inputs) != 1:
+        n = len(signature.inputs)
         raise InvalidInput(f"a raw binary request needs a model with exactly one input; '{model}' has {n}")
     spec = signature.inputs[0]
     if spec.datatype == "BYTES":
@@ -159,7 +111,8 @@ def _decode_raw(body: bytes, model: str, version: int | None, signature: Signatu
     else:
         shape = list(spec.shape)
     data = from_raw(body, spec.datatype, shape, spec.name)
-    return InferRequest(model=model, version=version, inputs=[Tensor(spec.name, spec.datatype, shape, data)])
+    return InferRequest(model=model, version=version, inputs=[Tensor(spec.name, spec.datatype, shape, data)],
+                        route=route)
 
 
 def encode_response(response: InferResponse, request: InferRequest, binary_default: bool) -> tuple[bytes, dict[str, str]]:

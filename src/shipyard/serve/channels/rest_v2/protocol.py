@@ -1,19 +1,11 @@
-"""Wire facts of the V2 REST protocol and the binary tensor extension."""
+"""Checks of the V2 REST JSON shapes. The wire facts themselves (headers, parameters, paths) are
+in `shipyard.protocol.v2`, which the client shares."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from shipyard.errors import InvalidInput
-
-HEADER_LENGTH = "Inference-Header-Content-Length"
-BINARY_CONTENT_TYPE = "application/octet-stream"
-JSON_CONTENT_TYPE = "application/json"
-
-# Request-level and per-tensor parameters of the binary tensor extension.
-BINARY_DATA_SIZE = "binary_data_size"
-BINARY_DATA = "binary_data"
-BINARY_DATA_OUTPUT = "binary_data_output"
 
 
 def expect_dict(value: Any, what: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import orjson
@@ -11,15 +10,26 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shipyard.errors import InvalidInput, PayloadTooLarge, ShipyardError
+from shipyard.errors import InvalidInput, ShipyardError
+from shipyard.protocol.v2 import (
+    HEADER_LENGTH,
+    HEALTH_LIVE,
+    HEALTH_READY,
+    MODEL,
+    REPOSITORY,
+    REPOSITORY_MODEL,
+    VERSION,
+    path_pattern,
+)
 from shipyard.serve.channels.http_errors import internal_error_handler, shipyard_error_handler
-from shipyard.serve.channels.http_util import json_response, parse_version
+from shipyard.serve.channels.http_util import json_response, parse_version, read_body
 from shipyard.serve.channels.rest_v2.convert import decode_request, encode_response
-from shipyard.serve.channels.rest_v2.protocol import HEADER_LENGTH
 from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.types import InferRequest
 
 router = APIRouter()
 CHANNEL = "rest_v2"
+VERSIONED = MODEL + VERSION
 
 
 def _plane(request: Request) -> DataPlane:
@@ -31,27 +41,12 @@ _json = json_response
 _version = parse_version
 
 
-async def read_body(request: Request) -> bytes:
-    """The body, refused with 413 as soon as it passes the configured limit."""
-    limit: int = request.app.state.settings.max_request_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes (--max-request-bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (--max-request-bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-@router.get("/v2/health/live")
+@router.get(HEALTH_LIVE)
 async def live() -> Response:
     return _json({"live": True})
 
 
-@router.get("/v2/health/ready")
+@router.get(HEALTH_READY)
 async def ready(request: Request) -> Response:
     ok = bool(request.app.state.ready)
     return _json({"ready": ok}, 200 if ok else 503)
@@ -63,51 +58,50 @@ async def server_metadata(request: Request) -> Response:
 
 
 @router.get("/v2/models/stats")
-@router.get("/v2/models/{model}/stats")
-@router.get("/v2/models/{model}/versions/{version}/stats")
+@router.get(MODEL + "/stats")
+@router.get(VERSIONED + "/stats")
 async def model_stats(request: Request, model: str | None = None, version: str | None = None) -> Response:
     key = getattr(request.state, "key", None)
     rows = _plane(request).model_stats(model, _version(version))
     return _json({"model_stats": [r for r in rows if _plane(request).visible(key, r["name"])]})
 
 
-@router.get("/v2/models/{model}")
-@router.get("/v2/models/{model}/versions/{version}")
+@router.get(MODEL)
+@router.get(VERSIONED)
 async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
     return _json(_plane(request).model_metadata(model, _version(version)))
 
 
-@router.get("/v2/models/{model}/ready")
-@router.get("/v2/models/{model}/versions/{version}/ready")
+@router.get(MODEL + "/ready")
+@router.get(VERSIONED + "/ready")
 async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
     ok = _plane(request).model_ready(model, _version(version))
     return _json({"name": model, "ready": ok}, 200 if ok else 503)
 
 
-@router.post("/v2/models/{model}/infer")
-@router.post("/v2/models/{model}/versions/{version}/infer")
+@router.post(MODEL + "/infer")
+@router.post(VERSIONED + "/infer")
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
     return await infer_response(request, _plane(request), model, version)
 
 
 async def infer_response(request: Request, plane: DataPlane, model: str, version: str | None) -> Response:
-    start = time.perf_counter()
-    try:
+    binary_default = False
+
+    async def decode() -> InferRequest:
+        nonlocal binary_default
         v = _version(version)
         body = await read_body(request)
         header = request.headers.get(HEADER_LENGTH)
         if header is not None and not header.strip().isdigit():
             raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {header!r}")
         header_length = int(header) if header is not None else None
-        signature = None
-        if header_length == 0:
-            lv = plane.manager.get(model, v)
-            signature = lv.manifest.signature if lv.manifest else None
-        infer_request, binary_default = decode_request(body, header_length, model, v, signature)
-    except ShipyardError as e:
-        plane.reject(model, CHANNEL, e, start)
-        raise
-    response = await plane.infer(infer_request, CHANNEL, start)
+        # A raw body is typed by the signature: resolve first, and answer from that version.
+        route = plane.resolve(model, v) if header_length == 0 else None
+        infer_request, binary_default = decode_request(body, header_length, model, v, route)
+        return infer_request
+
+    infer_request, response = await plane.infer(CHANNEL, model, decode)
     content, headers = encode_response(response, infer_request, binary_default)
     return Response(content, headers=headers)
 
@@ -117,7 +111,7 @@ class InferFastPath:
     (about 250 us a request here, more than the digits model itself takes). Every other path goes
     to the wrapped app; the FastAPI route above stays for the OpenAPI docs and gives the same answer."""
 
-    PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+    PATH = re.compile(f"^{path_pattern(MODEL)}(?:{path_pattern(VERSION)})?/infer$")
 
     def __init__(self, app: ASGIApp, fastapi_app: Any) -> None:
         self.app = app
@@ -141,7 +135,7 @@ class InferFastPath:
 
 
 # -- repository extension -------------------------------------------------------------------
-@router.post("/v2/repository/index")
+@router.post(REPOSITORY + "/index")
 async def repository_index(request: Request) -> Response:
     body = await read_body(request)
     ready_only = False
@@ -151,25 +145,18 @@ async def repository_index(request: Request) -> Response:
         except orjson.JSONDecodeError as e:
             raise InvalidInput(f"request body is not valid JSON: {e}") from None
         ready_only = bool(isinstance(doc, dict) and doc.get("ready"))
-    key = getattr(request.state, "key", None)
-    rows = [r for r in _plane(request).manager.index() if _plane(request).visible(key, r["name"])]
-    if ready_only:
-        rows = [r for r in rows if r["state"] == "READY"]
-    return _json(rows)
+    return _json(_plane(request).repository_index(getattr(request.state, "key", None), ready_only))
 
 
-@router.post("/v2/repository/models/{model}/load")
+@router.post(REPOSITORY_MODEL + "/load")
 async def repository_load(request: Request, model: str) -> Response:
     await read_body(request)
-    entry = await request.app.state.run_blocking(_plane(request).manager.load, model)
-    if not entry.ready_versions():
-        reasons = "; ".join(f"version {v}: {lv.reason}" for v, lv in sorted(entry.versions.items()))
-        raise InvalidInput(f"failed to load '{model}': {reasons or 'no versions to load'}")
+    await _plane(request).load(model)
     return _json({})
 
 
-@router.post("/v2/repository/models/{model}/unload")
+@router.post(REPOSITORY_MODEL + "/unload")
 async def repository_unload(request: Request, model: str) -> Response:
     await read_body(request)
-    await request.app.state.run_blocking(_plane(request).manager.unload, model)
+    await _plane(request).unload(model)
     return _json({})

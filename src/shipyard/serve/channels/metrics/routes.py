@@ -1,4 +1,4 @@
-"""Operations endpoints on the HTTP port: Prometheus metrics (a key is needed when auth is on)."""
+"""The /metrics endpoint: the data plane's Prometheus registry in the text format."""
 
 from __future__ import annotations
 
