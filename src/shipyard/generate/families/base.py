@@ -56,8 +56,9 @@ class Family(ABC):
     """How `PagedLM` drives one family of Hugging Face causal LMs.
 
     Adding a family: write `families/<name>.py` with a subclass of this and `FAMILY = <Subclass>()`,
-    add its config.json `model_type`(s) to `families.FAMILIES`, and give tests/generate/test_families.py
-    a tiny model of it (that test checks every registered family against transformers' own forward).
+    add its config.json `model_type`(s) to `families.FAMILIES`, and its tiny config to `TINY` in
+    tests/generate/test_families.py (which checks every registered family against transformers' own
+    forward, and fails for a registered model_type without one).
     `PagedLM` itself is not edited.
 
     PagedLM calls each method ONCE, at load, and keeps what it returns: the step then runs plain
@@ -73,7 +74,8 @@ class Family(ABC):
 
     Where known variants plug in (only gpt2 and llama exist so far):
     - a fused q/k/v projection (GPT-2's c_attn, phi3's qkv_proj): `layer(...).qkv` splits it.
-    - q/k norms per head (qwen3, olmo2, gemma3): `layer(...).qkv` norms q and k before rotating.
+    - q/k norms (per head in qwen3 and gemma3, over the whole projection in olmo2): `layer(...).qkv`
+      norms q and k before rotating them.
     - rope variants (scaled, partial rotary): `positions` computes them, `layer(...).qkv` rotates.
     - scaled embeddings (gemma: times sqrt(hidden)): `embed`.
     - final logit soft-capping (gemma2): `head`.
