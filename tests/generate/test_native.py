@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from shipyard.errors import InvalidInput
 from shipyard.generate import AsyncEngine, SamplingParams
-from shipyard.generate.model import PackedLinear, fuse_gelu_, pack_linears_
+from shipyard.generate.families.gpt2 import fuse_gelu_
+from shipyard.generate.lean import PackedLinear, pack_linears_
 from shipyard.kernels import native
 from tests.generate.test_engine import PROMPTS, collect, open_engine, reference
 

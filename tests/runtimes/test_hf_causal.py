@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from shipyard.errors import InvalidInput
+from shipyard.generate.families import FAMILIES, family_for
 from shipyard.repository import Repository
 from shipyard.runtimes import RuntimeOptions, runtime_for
 from shipyard.runtimes.importer import import_model
@@ -52,3 +53,22 @@ def test_unsupported_causal_lm_family_is_refused(lm_folders: dict[str, Path], re
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(InvalidInput, match="model_type 'gpt_neox' is a causal LM shipyard cannot generate with yet; supported: gpt2, llama"):
         import_model(repo, folder, "lm")
+
+
+def test_the_model_types_taken_are_the_family_tables(lm_folders: dict[str, Path], repo: Repository, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # One table (shipyard.generate.families) decides: a model_type added there is imported here.
+    monkeypatch.setitem(FAMILIES, "gpt_neox", "gpt2")
+    folder = tmp_path / "other"
+    shutil.copytree(lm_folders["gpt2"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "gpt_neox"
+    (folder / "config.json").write_text(json.dumps(config))
+    assert import_model(repo, folder, "lm").format == "hf-causal-lm"
+
+
+def test_a_loaded_causal_lm_carries_its_family(lm_folders: dict[str, Path], repo: Repository) -> None:
+    m = import_model(repo, lm_folders["llama"], "lm")
+    rt = runtime_for(m, repo.path(m.name, m.version), RuntimeOptions(threads=1))
+    rt.load()
+    assert rt.family is family_for("llama")

@@ -49,7 +49,7 @@ class Engine:
         self.tokenizer = runtime.tokenizer
         self.torch = torch
         model = runtime.model
-        positions = int(getattr(model.config, "n_positions", 0) or model.config.max_position_embeddings)
+        positions = runtime.family.max_positions(model.config)
         self.max_model_len = min(config.max_model_len or positions, positions)
         max_blocks = config.max_num_seqs * -(-self.max_model_len // config.block_size)
         self.lm = PagedLM(model, runtime.family, config.kv_cache_mb * 2**20, config.block_size, max_blocks,

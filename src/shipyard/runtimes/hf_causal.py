@@ -3,7 +3,8 @@ weights, config.json and a tokenizer.
 
 The runtime loads the model and its tokenizer; `shipyard.generate` drives them token by token with
 its own paged KV cache. `infer` still answers a V2 request with the logits of a whole sequence, so
-the model can be checked through the REST channel too.
+the model can be checked through the REST channel too. Which config.json `model_type`s are taken,
+and the family that drives each: `shipyard.generate.families`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from shipyard.errors import InvalidInput
+from shipyard.generate.families import FAMILIES, family_for, supported
 from shipyard.repository import Signature
 from shipyard.runtimes.base import RuntimeOptions
 from shipyard.runtimes.hf import HFTransformersRuntime, _architecture, _config
 
-# Model families whose modules shipyard.generate knows how to drive (config.json "model_type").
-# Others of the same shape (Mistral, Qwen2) would need only a line here, and a test.
-FAMILIES = {"gpt2": "gpt2", "llama": "llama"}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
 
 
@@ -48,12 +47,7 @@ class HFCausalLMRuntime(HFTransformersRuntime):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        self.family = FAMILIES.get(self.model.config.model_type, "")
-        if not self.family:
-            raise InvalidInput(
-                f"model_type '{self.model.config.model_type}' is not one shipyard.generate drives; "
-                f"supported: {', '.join(sorted(set(FAMILIES.values())))}"
-            )
+        self.family = family_for(self.model.config.model_type)  # what shipyard.generate drives it with
 
     def unload(self) -> None:
         super().unload()
@@ -76,7 +70,7 @@ class HFCausalLMRuntime(HFTransformersRuntime):
         if model_type not in FAMILIES:
             raise InvalidInput(
                 f"{source}: model_type '{model_type}' is a causal LM shipyard cannot generate with yet; "
-                f"supported: {', '.join(sorted(set(FAMILIES.values())))}"
+                f"supported: {supported()}"
             )
         if not any((source / f).is_file() for f in TOKENIZER_FILES):
             raise InvalidInput(

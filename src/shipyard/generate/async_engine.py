@@ -1,4 +1,5 @@
-"""The small interface the API side uses to talk to an engine (from the asyncio event loop).
+"""The engine seen from the asyncio event loop: `AsyncEngine`, the `Stream` of one request's
+outputs, and the small interfaces around them (`EngineClient`, what a channel may use; `Observer`).
 
 `submit` validates and queues a request, raising at once on a bad or unservable one (so a channel
 can still answer with a status code); it returns a `Stream` of `Output`s. Leaving the stream before
