@@ -1,6 +1,7 @@
 """Unstructured magnitude pruning: zero the smallest weights (globally or per layer, L1). Zeros
 alone save nothing, so ONNX results store mostly-zero weights as ONNX sparse initializers (values
-plus int16/int32 flat indices; ONNX Runtime densifies them at load): the file really shrinks. The
+plus int16/int32 flat indices; ONNX Runtime densifies them at load; the `sparse` mark set here is
+read by `optimize/formats/onnx.py` when it saves): the file really shrinks. The
 latency does not change: dense kernels still multiply the zeros (say so in the report)."""
 
 from __future__ import annotations
