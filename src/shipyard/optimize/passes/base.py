@@ -9,9 +9,9 @@ raise `shipyard.errors.InvalidInput` naming the pass, the layer and the fix for 
 handle; add a sentence to `ctx.notes` for every choice a reader of the report should know about
 (which kernel, which int8 format and why). Declare in `accepts` the formats
 (`shipyard.optimize.formats`) whose models the pass can change: the runner refuses the rest before
-calling the handler, and presets and the search read it. Set `lossless = True` on conversions: the runner then
-checks the result against its source within `parity_atol + parity_rtol * max|output|` (fields
-`atol`/`rtol` on the config override them) and stops when it drifts.
+calling the handler, and presets and the search read it. Set `lossless = True` on conversions: the
+runner then checks the result against its source within `parity_atol + parity_rtol * max|output|`
+(fields `atol`/`rtol` on the config override them) and stops when it drifts.
 """
 
 from __future__ import annotations
