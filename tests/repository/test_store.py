@@ -365,3 +365,20 @@ def test_folders_that_are_not_model_names_are_ignored(tmp_path: Path) -> None:
     (repo.root / "not a model" / "1").mkdir(parents=True)
     (repo.root / "not a model" / "1" / "manifest.json").write_text("{}")
     assert repo.models() == []
+
+
+def test_on_commit_writes_files_that_name_the_version_they_get(tmp_path: Path) -> None:
+    """A report written before commit could only guess its number: here a second publisher commits
+    first, and the first one's file still names the version it was given."""
+    repo = Repository(tmp_path / "repo")
+    sig = SIGNATURE
+    with repo.publish("m", "onnx", sig) as first:
+        (first.path / "model.onnx").write_bytes(b"a")
+        first.on_commit(lambda v: (first.path / "report.json").write_text(f'{{"version": {v}}}'))
+        with repo.publish("m", "onnx", sig) as second:
+            (second.path / "model.onnx").write_bytes(b"b")
+    assert second.manifest is not None and second.manifest.version == 1
+    assert first.manifest is not None and first.manifest.version == 2
+    assert (repo.path("m", 2) / "report.json").read_text() == '{"version": 2}'
+    repo.verify(repo.manifest("m", 2))  # the file written at commit is in the manifest, checksummed
+    assert [f.path for f in first.manifest.files] == ["model.onnx", "report.json"]

@@ -69,7 +69,7 @@ def build(repo: Repository, threads: int) -> tuple[Manifest, Manifest]:
 
 
 def comparison(versions: list[Manifest]) -> Table:
-    from shipyard.cli.views import human_size
+    from shipyard.units import human_size
 
     table = Table(title=f"{NAME}: measured on this machine (held-out test split of scikit-learn's digits)")
     for col in ("version", "format", "size", "parameters", "b1 p50 ms", "b32 p50 ms", "accuracy"):

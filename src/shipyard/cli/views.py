@@ -11,16 +11,9 @@ from rich.table import Table
 from rich.tree import Tree
 
 from shipyard.repository import Manifest, Repository, parse_ref
+from shipyard.units import human_size
 
 console = Console()
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def _summary(m: Manifest) -> dict[str, Any]:

@@ -4,11 +4,11 @@
 - `onnx`: a `.onnx` file in the run's work folder.
 
 Passes never modify their input artifact's files: they write new ones into `Context.workdir`.
+Opening a published version as an artifact, and saving one, is the work of `optimize/formats/`.
 """
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from shipyard.errors import InvalidInput
-from shipyard.repository import Manifest, Repository, Signature
+from shipyard.repository import Signature
 
 
 @dataclass
@@ -57,46 +57,6 @@ def program_module(program: Any) -> Any:
     object.__setattr__(module, "train", types.MethodType(lambda self, mode=True: self, module))
     object.__setattr__(module, "eval", types.MethodType(lambda self: self, module))
     return module
-
-
-def load_artifact(repo: Repository, manifest: Manifest, workdir: Path) -> Artifact:
-    """Open a published version as an artifact (files are copied, never edited in place)."""
-    base = repo.path(manifest.name, manifest.version)
-    if manifest.format == "onnx":
-        dest = workdir / "source.onnx"
-        shutil.copyfile(base / "model.onnx", dest)
-        _untie(dest)
-        return Artifact("onnx", manifest.signature, onnx_path=dest)
-    if manifest.format == "torch-export":
-        import torch
-
-        program = torch.export.load(str(base / "model.pt2"))
-        return Artifact("torch", manifest.signature, module=program_module(program), extra={})
-    if manifest.format == "hf-transformers":
-        import transformers
-
-        arch = manifest.extra.get("architecture")
-        cls = getattr(transformers, str(arch), None)
-        if cls is None:
-            raise InvalidInput(f"transformers has no class {arch!r}; cannot open {manifest.name}:{manifest.version}")
-        model = cls.from_pretrained(str(base), local_files_only=True, use_safetensors=True).eval()
-        return Artifact("torch", manifest.signature, module=model, extra={"architecture": arch})
-    raise InvalidInput(
-        f"{manifest.name}:{manifest.version} is {manifest.format}; optimize reads onnx, torch-export "
-        "and hf-transformers versions (import TorchScript as ONNX or torch.export first)")
-
-
-def _untie(path: Path) -> None:
-    """A saved tied embedding (stored once, see `shipyard.optimize.tied`) gets its head's copy back,
-    so that passes find the head's weight where they look for weights."""
-    import onnx
-
-    from shipyard.optimize.tied import TIED, untie
-
-    if any(n.name.startswith(f"{TIED}/") for n in onnx.load(str(path), load_external_data=False).graph.node):
-        model = onnx.load(str(path))
-        untie(model)
-        onnx.save(model, str(path))
 
 
 def torch_forward(artifact: Artifact) -> Any:

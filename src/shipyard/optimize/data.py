@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInput
-from shipyard.repository import Signature
+from shipyard.repository import Manifest, Signature
 from shipyard.tensors import numpy_dtype
 
 
@@ -127,3 +127,20 @@ def check_data(data: Dataset, signature: Signature, role: str = "eval") -> Datas
         raise InvalidInput(
             f"{role} data {data.name}: 'labels' has {len(data.labels)} entries for {n} samples")
     return Dataset(out, data.labels, data.name)
+
+
+def resolve_data(parent: Manifest, eval_data: DataSpec, calibrate: DataSpec,
+                 train: DataSpec) -> tuple[Dataset, Dataset | None, Dataset | None]:
+    """Load and check the three data sets; a zoo model defaults to its own splits."""
+    zoo = parent.extra.get("zoo")
+    if zoo and eval_data is None:
+        eval_data, calibrate, train = f"zoo:{zoo}", calibrate or f"zoo:{zoo}-train", train or f"zoo:{zoo}-train"
+    ev = load_data(eval_data, "eval")
+    if ev is None:
+        raise InvalidInput(f"{parent.name}:{parent.version} needs eval data: --eval file.npz (one array per "
+                           "input, plus optional 'labels') or a built-in split such as zoo:digits")
+    sig = parent.signature
+    cal = load_data(calibrate, "calibrate")
+    tr = load_data(train, "train")
+    return (check_data(ev, sig, "eval"), check_data(cal, sig, "calibrate") if cal is not None else None,
+            check_data(tr, sig, "train") if tr is not None else None)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from shipyard.optimize import formats
 from shipyard.optimize.data import Dataset
 from shipyard.repository import Manifest, Signature
 from shipyard.runtimes import RuntimeOptions, runtime_for
@@ -19,53 +20,6 @@ from shipyard.runtimes import RuntimeOptions, runtime_for
 REPORT_FILES = ("report.json", "report.html")
 BATCHES = (1, 32)
 SETTLE_S = 0.005  # longer than torch's OpenMP threads spin after their last parallel section
-
-
-def count_parameters(path: Path, fmt: str) -> tuple[int, int]:
-    """(total, non-zero) weight elements in the files of a version; quantization scales and
-    zero points are not counted."""
-    tensors: list[np.ndarray] = []
-    if fmt == "onnx":
-        import onnx
-        from onnx import numpy_helper
-
-        model = onnx.load(str(path / "model.onnx"))
-        for t in model.graph.initializer:
-            if t.name.endswith(("_scale", "_zero_point", "_quantized_scale")) or len(t.dims) == 0 or \
-                    t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.BOOL):  # shapes, axes, masks
-                continue
-            tensors.append(numpy_helper.to_array(t))
-        for s in model.graph.sparse_initializer:
-            dense = int(np.prod(s.dims))
-            nnz = int(np.prod(s.values.dims))
-            tensors.append(np.concatenate([np.ones(nnz), np.zeros(dense - nnz)]))
-    elif fmt == "torch-export":
-        import torch
-
-        program = torch.export.load(str(path / "model.pt2"))
-        seen: set[tuple[int, int, tuple[int, ...]]] = set()
-        for name, t in program.state_dict.items():
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-            if key in seen:  # a tied weight (GPT-2's lm_head is its token embedding): stored once
-                continue
-            seen.add(key)
-            if name.endswith(("scales", "scales_zeros")):
-                continue
-            if name.endswith("qweight") and t.dtype == torch.uint8:  # int4 packed: two per byte
-                tensors.append(np.ones(t.numel() * 2))
-                continue
-            tensors.append(t.detach().float().numpy())
-        for t in program.constants.values():
-            if hasattr(t, "numel"):
-                tensors.append(t.detach().float().numpy())
-    elif fmt == "hf-transformers":
-        from safetensors.numpy import load_file
-
-        for f in sorted(path.glob("*.safetensors")):
-            tensors.extend(load_file(str(f)).values())
-    total = int(sum(t.size for t in tensors))
-    nonzero = int(sum(np.count_nonzero(t) for t in tensors))
-    return total, nonzero
 
 
 def _predict(runtime: Any, data: Dataset, out: str, batch: int = 256) -> np.ndarray:
@@ -111,7 +65,7 @@ def _quality(runtime: Any, path: Path, fmt: str, signature: Signature, data: Dat
     metrics: dict[str, Any] = {}
     metrics["size_bytes"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()
                                 and p.name not in REPORT_FILES and p.name != "manifest.json")
-    metrics["parameters"], metrics["nonzero_parameters"] = count_parameters(path, fmt)
+    metrics["parameters"], metrics["nonzero_parameters"] = formats.count(path, fmt)
     labels = data.labels if data.labels is not None else reference
     if labels is not None and logits.ndim >= 2 and labels.shape == preds.shape:
         metrics["accuracy"] = float((preds == labels).mean())

@@ -7,8 +7,8 @@
         mode: static
         calibration: entropy
 
-Presets are recipes shipped with shipyard; the ONNX ones start with an export when the source is
-a PyTorch model.
+Presets are recipes shipped with shipyard; those whose first pass works only on ONNX (its
+`accepts`) start with an export when the source is a PyTorch model.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shipyard.errors import InvalidInput
-from shipyard.optimize.passes import BY_NAME, PassConfig
+from shipyard.optimize.passes import BY_NAME, PassConfig, kinds
 
 Recipe = list[PassConfig]
 
@@ -46,7 +46,23 @@ PRESETS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "int4-weight-only": ("int4 group-wise (128) weights for Linear layers, fp32 activations",
                          [{"pass": "weight-only", "bits": 4, "group_size": 128}]),
 }
-ONNX_PASSES = {"quantize"}
+
+
+def runs_on(pass_name: str, kind: str) -> bool:
+    """Whether the pass works on artifacts of this kind ('torch', 'onnx'), as it declares."""
+    cls = BY_NAME.get(pass_name)
+    return cls is not None and kind in kinds(cls)
+
+
+def passes_for(fmt: str) -> list[str]:
+    """The passes that name the format `fmt` among those they accept (not those that take any)."""
+    return [name for name, cls in BY_NAME.items() if cls.accepts is not None and fmt in cls.accepts]
+
+
+def presets_for(fmt: str) -> list[str]:
+    """The presets whose every pass accepts versions of the format `fmt`."""
+    allowed = set(passes_for(fmt))
+    return [name for name, (_, steps) in PRESETS.items() if all(s["pass"] in allowed for s in steps)]
 
 
 def parse_step(step: Any, index: int) -> PassConfig:
@@ -93,6 +109,6 @@ def preset(name: str, source_kind: str, has_train: bool = False) -> Recipe:
         # Cosine decay from 3e-3 over 10 epochs: measured on digits, it recovers the pruned CNN to
         # within a few tenths of a point of its parent (1e-3 left it 0.8 points behind).
         steps[0].update(fine_tune_epochs=10, lr=3e-3)
-    if source_kind == "torch" and steps[0]["pass"] in ONNX_PASSES:
+    if source_kind == "torch" and not runs_on(steps[0]["pass"], "torch"):
         steps.insert(0, {"pass": "export", "format": "onnx"})
     return parse_recipe(steps)

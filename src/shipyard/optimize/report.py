@@ -1,6 +1,6 @@
 """Reports: report.json (everything measured, for scripts), report.html (self-contained: tables and
 an inline-SVG Pareto plot of accuracy vs latency over the lineage, marker area = file size; opens
-offline), and the rich table printed in the terminal."""
+offline). The command line prints the same columns (`COLUMNS`, `cell`) as a table."""
 
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from shipyard import __version__
-from shipyard.optimize.data import Dataset
-from shipyard.optimize.measure import deltas
+from shipyard.optimize.evaluators import Evaluator
 from shipyard.optimize.passes import Context, PassConfig
 from shipyard.quant import cpu
 from shipyard.repository import Manifest, Repository
+from shipyard.units import human_size
 
 
 def _lineage_points(repo: Repository, name: str, new: dict[str, Any], new_version: int,
@@ -41,40 +39,40 @@ def _lineage_points(repo: Repository, name: str, new: dict[str, Any], new_versio
     return points
 
 
-def build_report(repo: Repository, name: str, parent: Manifest, root: Manifest, steps: list[PassConfig],
-                 measured: dict[str, Any], ctx: Context, data: Dataset, threads: int,
-                 new: dict[str, Any]) -> dict[str, Any]:
-    new_version = max([*repo.versions(name), repo._last_version(name)]) + 1
+def build_report(repo: Repository, parent: Manifest, root: Manifest, steps: list[PassConfig],
+                 measured: dict[str, Any], ctx: Context, evaluator: Evaluator, threads: int,
+                 fmt: str, version: int) -> dict[str, Any]:
+    """The report of `version` (the number its staging folder is published as), made from `parent`."""
+    name = parent.name
     rows = [{"role": "parent", "version": parent.version, "format": parent.format, "metrics": measured["parent"]}]
     if "root" in measured:
         rows.insert(0, {"role": "root", "version": root.version, "format": root.format, "metrics": measured["root"]})
-    rows.append({"role": "new", "version": new_version, "format": new["format"], "metrics": measured["new"]})
+    rows.append({"role": "new", "version": version, "format": fmt, "metrics": measured["new"]})
     features = cpu.cpu_features()
+    samples, accuracy_is = evaluator.describe(parent, measured)
     return {
-        "model": name, "version": new_version, "parent": parent.version, "root": root.version,
-        "recipe": [c.record() for c in steps], "format": new["format"],
-        "eval_data": data.name, "samples": len(data),
-        "accuracy_is": "accuracy on labels" if data.labels is not None else f"agreement with v{parent.version}'s predictions",
+        "model": name, "version": version, "parent": parent.version, "root": root.version,
+        "recipe": [c.record() for c in steps], "format": fmt,
+        "eval_data": evaluator.name, "samples": samples, "accuracy_is": accuracy_is,
         "rows": rows,
-        "deltas": {"vs_parent": deltas(measured["new"], measured["parent"]),
-                   "vs_root": deltas(measured["new"], measured.get("root", measured["parent"]))},
+        "deltas": {"vs_parent": evaluator.deltas(measured["new"], measured["parent"]),
+                   "vs_root": evaluator.deltas(measured["new"], measured.get("root", measured["parent"]))},
         "notes": ctx.notes, "facts": ctx.facts,
         # Load average: other processes on the machine disturb latencies; readers should know.
         "machine": {"cpu": features, "threads": threads, "summary": cpu.describe(features),
                     "loadavg": list(os.getloadavg())},
-        "lineage": _lineage_points(repo, name, {"format": new["format"], "recipe": [c.name for c in steps],
-                                                "metrics": measured["new"]}, new_version, parent.version,
+        "lineage": _lineage_points(repo, name, {"format": fmt, "recipe": [c.name for c in steps],
+                                                "metrics": measured["new"]}, version, parent.version,
                                    {r["version"]: r["metrics"] for r in rows if r["role"] != "new"}),
         "created": datetime.now(UTC).isoformat(), "shipyard_version": __version__,
     }
 
 
-def _fmt(key: str, v: Any) -> str:
+def cell(key: str, v: Any) -> str:
+    """A metric as the report's tables show it."""
     if v is None:
         return "-"
     if key == "size_bytes":
-        from shipyard.cli.views import human_size
-
         return human_size(v)
     if key in ("accuracy", "agreement"):
         return f"{v:.2%}"
@@ -87,22 +85,6 @@ COLUMNS = [("size", "size_bytes"), ("params", "parameters"), ("non-zero", "nonze
            ("b1 p50 ms", "latency_b1_p50_ms"), ("b1 p99 ms", "latency_b1_p99_ms"),
            ("b32 p50 ms", "latency_b32_p50_ms"), ("b32 p99 ms", "latency_b32_p99_ms"),
            ("accuracy", "accuracy"), ("loss", "loss")]
-
-
-def table(report: dict[str, Any]) -> Table:
-    t = Table(title=f"{report['model']}:{report['version']} from v{report['parent']} "
-                    f"({', '.join(s['pass'] for s in report['recipe'])}) on {report['eval_data']}")
-    t.add_column("version")
-    t.add_column("format")
-    for label, _ in COLUMNS:
-        t.add_column(label, justify="right")
-    for row in report["rows"]:
-        t.add_row(f"v{row['version']} {row['role']}", row["format"], *[_fmt(k, row["metrics"].get(k)) for _, k in COLUMNS])
-    d = report["deltas"]["vs_parent"]
-    t.caption = (f"vs parent: speed-up b1 {d.get('speedup_b1', float('nan')):.2f}x, b32 {d.get('speedup_b32', float('nan')):.2f}x; "
-                 f"size x{d.get('size_ratio', float('nan')):.2f}; accuracy {100 * d.get('accuracy', float('nan')):+.2f} pt; "
-                 f"ΔL {d.get('loss', float('nan')):+.4f}  |  {report['machine']['summary']}, {report['machine']['threads']} threads")
-    return t
 
 
 def write_reports(report: dict[str, Any], folder: Path) -> None:
@@ -161,7 +143,7 @@ def render_html(report: dict[str, Any]) -> str:
     head = "".join(f"<th>{esc(label)}</th>" for label, _ in COLUMNS)
     rows = "".join(
         f"<tr><td>v{r['version']} {esc(r['role'])}</td><td>{esc(r['format'])}</td>"
-        + "".join(f"<td>{esc(_fmt(k, r['metrics'].get(k)))}</td>" for _, k in COLUMNS) + "</tr>"
+        + "".join(f"<td>{esc(cell(k, r['metrics'].get(k)))}</td>" for _, k in COLUMNS) + "</tr>"
         for r in report["rows"])
     def delta_rows(d: dict[str, Any]) -> str:
         return "".join(f"<tr><td>{esc(k)}</td><td>{v:.4g}</td></tr>" for k, v in d.items())
@@ -170,8 +152,8 @@ def render_html(report: dict[str, Any]) -> str:
     lineage = "".join(
         f"<tr><td>v{p['version']}</td><td>{'v' + str(p['parent']) if p['parent'] else '-'}</td><td>{esc(str(p.get('format')))}</td>"
         f"<td>{esc(', '.join(map(str, p.get('recipe') or [])) or 'source')}</td>"
-        f"<td>{esc(_fmt('accuracy', p.get('accuracy')))}</td><td>{esc(_fmt('x', p.get('latency_b1_p50_ms')))}</td>"
-        f"<td>{esc(_fmt('size_bytes', p.get('size_bytes')))}</td></tr>" for p in report["lineage"])
+        f"<td>{esc(cell('accuracy', p.get('accuracy')))}</td><td>{esc(cell('x', p.get('latency_b1_p50_ms')))}</td>"
+        f"<td>{esc(cell('size_bytes', p.get('size_bytes')))}</td></tr>" for p in report["lineage"])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>shipyard report: {esc(report['model'])}:{report['version']}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}

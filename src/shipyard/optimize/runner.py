@@ -1,5 +1,6 @@
-"""Running a recipe on a published version: load, apply each pass (checking conversions against
-their source), save into a staging folder, measure it beside its parent and root in this process,
+"""Running a recipe on a published version, for every format: load it (its format module), apply
+each pass (checking conversions against their source), save into a staging folder (the format the
+result is in), measure it beside its parent and root in this process (the evaluator of the task),
 write report.json + report.html, and publish. Any failure publishes nothing."""
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from shipyard.errors import InvalidInput
-from shipyard.optimize.artifact import Artifact, export_program, load_artifact, run_artifact
-from shipyard.optimize.data import Dataset, DataSpec, check_data, load_data
-from shipyard.optimize.measure import deltas, measure_side_by_side
+from shipyard.optimize import evaluators, formats
+from shipyard.optimize.artifact import Artifact, run_artifact
+from shipyard.optimize.data import DataSpec
+from shipyard.optimize.evaluators import EvalOptions, Evaluator
+from shipyard.optimize.formats import Format
+from shipyard.optimize.measure import Versions
 from shipyard.optimize.parity import check_parity
-from shipyard.optimize.passes import Context, PassConfig, apply
-from shipyard.optimize.recipe import Recipe, load_recipe, parse_recipe, preset
-from shipyard.repository import Lineage, Manifest, Repository, parse_ref
+from shipyard.optimize.passes import Context, PassConfig, accepts, apply
+from shipyard.optimize.progress import QUIET, Progress, running
+from shipyard.optimize.recipe import Recipe, load_recipe, parse_recipe, passes_for, preset, presets_for
+from shipyard.repository import Lineage, Manifest, Repository, Signature, parse_ref
 
 # Saving re-runs the same ops (torch.export) or the same graph: only float reordering is allowed.
 SAVE_ATOL, SAVE_RTOL = 1e-4, 1e-5
@@ -45,26 +48,6 @@ def root_of(repo: Repository, manifest: Manifest) -> Manifest:
     return manifest
 
 
-def save_artifact(artifact: Artifact, dest: Path, ctx: Context) -> tuple[str, dict[str, Any]]:
-    """Write the artifact's files into `dest`; returns (format, manifest extra)."""
-    if artifact.kind == "onnx":
-        assert artifact.onnx_path is not None
-        from shipyard.optimize.passes.prune_unstructured import save_onnx
-
-        save_onnx(artifact, dest / "model.onnx", ctx)
-        return "onnx", {}
-    if artifact.is_transformers and "save_as" not in artifact.extra and "weight_only" not in artifact.extra:
-        artifact.module.save_pretrained(str(dest), safe_serialization=True)
-        return "hf-transformers", {"architecture": artifact.extra["architecture"]}
-    sample = ctx.sample(artifact.signature, 4)
-    try:
-        export_program(artifact, sample, dest / "model.pt2")
-    except Exception as e:  # torch.export raises many kinds; say which step and what to do
-        raise InvalidInput(f"saving the result as torch.export failed: {str(e).splitlines()[0][:300]}; "
-                           "add an `export` pass to ONNX at the end of the recipe") from None
-    return "torch-export", {}
-
-
 def resolve_recipe(recipe: Recipe | str | Path | list[Any] | None, preset_name: str | None,
                    source_kind: str, has_train: bool) -> Recipe:
     if (recipe is None) == (preset_name is None):
@@ -74,6 +57,16 @@ def resolve_recipe(recipe: Recipe | str | Path | list[Any] | None, preset_name: 
     if isinstance(recipe, (str, Path)):
         return load_recipe(recipe)
     return parse_recipe(recipe)
+
+
+def check_keeps_format(parent: Manifest, source: Format, steps: Recipe) -> None:
+    """A format whose results stay in it runs only the passes that accept it, all of them."""
+    others = [c.name for c in steps if not accepts(type(c), source.name)]
+    if source.keeps_format and others:
+        names = passes_for(source.name)
+        which = ", ".join(f"'{n}'" for n in names) + (" pass" if len(names) == 1 else " passes")
+        raise InvalidInput(f"{parent.name}:{parent.version} is an {source.name}; its recipe may only use the "
+                           f"{which} (presets {', '.join(presets_for(source.name))}), not {others}")
 
 
 def apply_recipe(artifact: Artifact, recipe: Recipe, ctx: Context,
@@ -101,90 +94,70 @@ def apply_recipe(artifact: Artifact, recipe: Recipe, ctx: Context,
     return artifact
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                    console=console, transient=True)
-
-
-def resolve_data(parent: Manifest, eval_data: DataSpec, calibrate: DataSpec,
-                 train: DataSpec) -> tuple[Dataset, Dataset | None, Dataset | None]:
-    """Load and check the three data sets; a zoo model defaults to its own splits."""
-    zoo = parent.extra.get("zoo")
-    if zoo and eval_data is None:
-        eval_data, calibrate, train = f"zoo:{zoo}", calibrate or f"zoo:{zoo}-train", train or f"zoo:{zoo}-train"
-    ev = load_data(eval_data, "eval")
-    if ev is None:
-        raise InvalidInput(f"{parent.name}:{parent.version} needs eval data: --eval file.npz (one array per "
-                           "input, plus optional 'labels') or a built-in split such as zoo:digits")
-    sig = parent.signature
-    cal = load_data(calibrate, "calibrate")
-    tr = load_data(train, "train")
-    return (check_data(ev, sig, "eval"), check_data(cal, sig, "calibrate") if cal is not None else None,
-            check_data(tr, sig, "train") if tr is not None else None)
-
-
 def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | list[Any] | None = None,
              preset_name: str | None = None, eval_data: DataSpec = None,
              calibrate: DataSpec = None, train: DataSpec = None, threads: int | None = None,
-             latency_budget_s: float = 2.0, console: Console | None = None,
-             facts: dict[str, Any] | None = None, max_eval_tokens: int = 20_000) -> Result:
-    """Apply a recipe (or preset) to NAME[:VERSION] and publish the result as the next version."""
-    from shipyard.optimize.report import build_report, write_reports
-
-    console = console or Console(stderr=True)
+             latency_budget_s: float = 2.0, progress: Progress | None = None,
+             facts: dict[str, Any] | None = None, max_eval_tokens: int = 20_000,
+             evaluator: Evaluator | None = None) -> Result:
+    """Apply a recipe (or preset) to NAME[:VERSION] and publish the result as the next version.
+    `evaluator` measures the versions (default: the one the parent's format names); `progress`
+    hears what is being done (default: nothing is shown)."""
+    progress = progress or QUIET
     threads = threads or len(os.sched_getaffinity(0))
     repo = Repository(repository)
     name, version = parse_ref(ref)
     parent = repo.manifest(name, version)
     root = root_of(repo, parent)
-    sig = parent.signature
-    if parent.format == "hf-causal-lm":  # measured by held-out perplexity, not by a tensor data set
-        from shipyard.optimize.causal_lm import optimize_causal_lm
-
-        steps = resolve_recipe(recipe, preset_name, "torch", False)
-        with _progress(console) as progress:
-            task = progress.add_task(f"loading {name}:{parent.version}")
-            manifest, lm_report = optimize_causal_lm(repo, parent, root, steps, eval_data,
-                                                     threads, progress, task, max_eval_tokens)
-        return Result(manifest, lm_report)
-    ev, cal, tr = resolve_data(parent, eval_data, calibrate, train)
-    with tempfile.TemporaryDirectory(prefix="shipyard-optimize-") as tmp, _progress(console) as progress:
+    known = formats.REGISTRY.get(parent.format)
+    if evaluator is None:
+        options = EvalOptions(eval_data, threads, latency_budget_s, max_eval_tokens)
+        evaluator = evaluators.REGISTRY[known.evaluator if known else "classification"](options)
+    ev, cal, tr = evaluator.prepare(repo, parent, calibrate, train)
+    source = formats.format_of(parent)
+    steps = resolve_recipe(recipe, preset_name, source.kind, tr is not None)
+    check_keeps_format(parent, source, steps)
+    with tempfile.TemporaryDirectory(prefix="shipyard-optimize-") as tmp, \
+            running(progress, f"loading {name}:{parent.version}"):
         ctx = Context(workdir=Path(tmp), threads=threads, eval_data=ev, calibration=cal, train=tr)
         ctx.facts.update(facts or {})
-        task = progress.add_task(f"loading {name}:{parent.version}")
-        artifact = load_artifact(repo, parent, ctx.workdir)
-        steps = resolve_recipe(recipe, preset_name, artifact.kind, tr is not None)
-        artifact = apply_recipe(artifact, steps, ctx, lambda i, c: progress.update(
-            task, description=f"step {i}/{len(steps)}: {c.name}"))
+        artifact = source.load(repo.path(name, parent.version), parent, ctx.workdir)
+        artifact = apply_recipe(artifact, steps, ctx, lambda i, c: progress.update(f"step {i}/{len(steps)}: {c.name}"))
+        ctx.facts.update(evaluator.facts())
+        target = formats.target(artifact)
         lineage = Lineage(parent=parent.version, recipe=[c.record() for c in steps])
-        measured: dict[str, Any] = {}
-        with repo.publish(name, "pending", sig, lineage) as stage:
-            progress.update(task, description="saving")
-            fmt, extra = save_artifact(artifact, stage.path, ctx)
-            stage.format = fmt
-            if artifact.kind == "torch":  # the saved program is a conversion too: check it
-                sample = ctx.sample(sig, 8)
-                saved = _run_saved(stage.path, fmt, sig, extra, sample, threads)
+        reports: list[dict[str, Any]] = []
+        with repo.publish(name, target.name, parent.signature, lineage) as stage:
+            progress.update("saving")
+            extra = target.save(artifact, stage.path, ctx)
+            if target.verify_saved:
+                sample = ctx.sample(parent.signature, 8)
+                saved = _run_saved(stage.path, target.name, parent.signature, extra, sample, threads)
                 check_parity("saving the result", run_artifact(artifact, sample, threads), saved, SAVE_ATOL, SAVE_RTOL)
+            del artifact  # a model the passes changed must not sit in memory while versions are measured
             gc.collect()  # sessions left by the passes (ORT's calibrator) must not hold threads now
-            progress.update(task, description=f"measuring {name}:{parent.version} (parent) and the new version side by side")
-            versions = {"parent": (repo.path(name, parent.version), parent.format, parent.extra)}
+            versions: Versions = {"parent": (repo.path(name, parent.version), parent.format, parent.extra)}
             if root.version != parent.version:
                 versions["root"] = (repo.path(name, root.version), root.format, root.extra)
-            versions["new"] = (stage.path, fmt, extra)
-            measured.update(measure_side_by_side(versions, sig, ev, threads, "parent", latency_budget_s))
-            nm = measured["new"]
-            stage.metrics = {**nm, "eval_data": ev.name, "threads": threads}
+            versions["new"] = (stage.path, target.name, extra)
+            measured = evaluator.measure(versions, parent, progress)
+            stage.metrics = {**measured["new"], "eval_data": evaluator.name, "threads": threads,
+                             **evaluator.summarize(measured, ctx)}
             stage.extra = {**extra, "notes": ctx.notes}
-            report = build_report(repo, name, parent, root, steps, measured, ctx, ev, threads,
-                                  {"format": fmt, "lineage": lineage})
-            write_reports(report, stage.path)
+
+            def write_report(number: int) -> None:
+                from shipyard.optimize.report import build_report, write_reports
+
+                reports.append(build_report(repo, parent, root, steps, measured, ctx, evaluator, threads,
+                                            target.name, number))
+                write_reports(reports[-1], stage.path)
+
+            stage.on_commit(write_report)
         assert stage.manifest is not None
-        report["version"] = stage.manifest.version
-    return Result(stage.manifest, report)
+    return Result(stage.manifest, reports[-1])
 
 
-def _run_saved(path: Path, fmt: str, sig: Any, extra: dict[str, Any], sample: dict[str, np.ndarray],
+def _run_saved(path: Path, fmt: str, sig: Signature, extra: dict[str, Any], sample: dict[str, np.ndarray],
                threads: int) -> dict[str, np.ndarray]:
     from shipyard.runtimes import RuntimeOptions, runtime_for
 
@@ -198,10 +171,4 @@ def _run_saved(path: Path, fmt: str, sig: Any, extra: dict[str, Any], sample: di
         rt.unload()
 
 
-def deltas_for(measured: dict[str, Any]) -> dict[str, Any]:
-    out = {"vs_parent": deltas(measured["new"], measured["parent"])}
-    out["vs_root"] = deltas(measured["new"], measured.get("root", measured["parent"]))
-    return out
-
-
-__all__ = ["Result", "Dataset", "optimize", "apply_recipe", "save_artifact", "resolve_recipe", "deltas_for"]
+__all__ = ["Result", "optimize", "apply_recipe", "resolve_recipe"]

@@ -13,21 +13,20 @@ import gc
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
 from shipyard.errors import InvalidInput
-from shipyard.optimize.artifact import Artifact, load_artifact
-from shipyard.optimize.data import DataSpec
+from shipyard.optimize import formats
+from shipyard.optimize.artifact import Artifact
+from shipyard.optimize.data import DataSpec, resolve_data
 from shipyard.optimize.measure import latencies_side_by_side, measure
 from shipyard.optimize.passes import Context
-from shipyard.optimize.recipe import ONNX_PASSES, PRESETS, parse_recipe, preset
-from shipyard.optimize.runner import Result, apply_recipe, optimize, resolve_data, save_artifact
+from shipyard.optimize.progress import QUIET, Progress, running
+from shipyard.optimize.recipe import PRESETS, parse_recipe, preset, runs_on
+from shipyard.optimize.runner import Result, apply_recipe, optimize
 from shipyard.repository import Repository, parse_ref
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -88,7 +87,7 @@ def candidates(kind: str, has_train: bool, objective: str) -> list[Candidate]:
 
 
 def _onnx_only(name: str) -> bool:
-    return all(step["pass"] in ONNX_PASSES for step in PRESETS[name][1])
+    return all(runs_on(step["pass"], "onnx") for step in PRESETS[name][1])
 
 
 def _key(steps: list[dict[str, Any]]) -> str:
@@ -136,7 +135,7 @@ class _Evaluator:
         ev, cal, tr = self.data
         ctx = Context(workdir=folder, threads=self.threads, eval_data=ev, calibration=cal, train=tr)
         start = next((i for i in range(len(steps), 0, -1) if _key(steps[:i]) in self.built), 0)
-        artifact = self.built[_key(steps[:start])] if start else load_artifact(self.repo, self.parent, folder)
+        artifact = self.built[_key(steps[:start])] if start else formats.load(self.repo, self.parent, folder)
         recipe = parse_recipe(steps) if steps else []
         for i in range(start, len(steps)):
             try:
@@ -155,7 +154,7 @@ class _Evaluator:
         ctx = Context(workdir=folder, threads=self.threads, eval_data=ev)
         try:
             artifact = self.build(cand.steps, folder)
-            fmt, extra = save_artifact(artifact, folder / "out", ctx)
+            fmt, extra = formats.save(artifact, folder / "out", ctx)
             del artifact
             gc.collect()  # sessions left by the passes (ORT's calibrator) must not hold threads now
             cand.metrics, _ = measure(folder / "out", fmt, self.parent.signature, ev, self.threads,
@@ -173,7 +172,7 @@ def _weighted_nodes(path: Path) -> list[str]:
     return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in WEIGHTED_OPS]
 
 
-def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress, task: Any,
+def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress,
              tried: list[Candidate]) -> Candidate | None:
     """Keep the layers that hurt accuracy most in fp32 until the candidate fits the budget."""
     quant_at = next(i for i, s in enumerate(cand.steps) if s["pass"] == "quantize")
@@ -186,7 +185,7 @@ def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress,
     layers = _weighted_nodes(art.onnx_path)
     harm: list[tuple[float, str]] = []
     for layer in layers:
-        progress.update(task, description=f"fallback: sensitivity of {layer}")
+        progress.update(f"fallback: sensitivity of {layer}")
         steps = [dict(s) for s in cand.steps]
         steps[quant_at] = {**steps[quant_at], "exclude": [layer]}
         c = ev.run(Candidate(f"{cand.label} -{layer}", steps))
@@ -198,7 +197,7 @@ def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress,
         excluded.append(layer)
         steps = [dict(s) for s in cand.steps]
         steps[quant_at] = {**steps[quant_at], "exclude": list(excluded)}
-        progress.update(task, description=f"fallback: {len(excluded)} layer(s) in fp32")
+        progress.update(f"fallback: {len(excluded)} layer(s) in fp32")
         c = ev.run(Candidate(f"{cand.label}, fp32: {', '.join(excluded)}", steps))
         tried.append(c)
         if c.fits(budget):
@@ -206,18 +205,31 @@ def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress,
     return None
 
 
+@dataclass
+class Searched:
+    """Every candidate measured, before the winner is published (`best` None: none fit)."""
+
+    tried: list[Candidate]
+    parent: dict[str, Any]  # the parent's metrics, measured like the candidates
+    best: Candidate | None
+    budget: float
+
+
 def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
            objective: Literal["latency", "size"] = "latency", eval_data: DataSpec = None,
            calibrate: DataSpec = None, train: DataSpec = None, threads: int | None = None,
-           latency_budget_s: float = 1.0, console: Console | None = None,
-           candidate_list: list[Candidate] | None = None) -> tuple[Result, list[Candidate]]:
+           latency_budget_s: float = 1.0, progress: Progress | None = None,
+           candidate_list: list[Candidate] | None = None,
+           on_searched: Callable[[Searched], None] | None = None) -> tuple[Result, list[Candidate]]:
     """Measure every candidate, fall back layer by layer where quantization misses the budget,
-    publish the best that fits; returns the published result and every candidate measured."""
+    publish the best that fits; returns the published result and every candidate measured.
+    `on_searched` hears the candidates once all are measured (also when none fits, before the
+    error); `progress` hears what is being done (default: nothing is shown)."""
     if not 0 <= max_accuracy_drop <= 100:
         raise InvalidInput(f"--max-accuracy-drop {max_accuracy_drop} is in accuracy points: 0 to 100")
     if objective not in ("latency", "size"):
         raise InvalidInput(f"--objective {objective!r}: use 'latency' or 'size'")
-    console = console or Console(stderr=True)
+    progress = progress or QUIET
     threads = threads or len(os.sched_getaffinity(0))
     repo = Repository(repository)
     name, version = parse_ref(ref)
@@ -226,54 +238,31 @@ def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
     kind = "onnx" if parent.format == "onnx" else "torch"
     cands = candidate_list or candidates(kind, data[2] is not None and data[2].labels is not None, objective)
     tried: list[Candidate] = []
-    with tempfile.TemporaryDirectory(prefix="shipyard-search-") as tmp, Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), console=console, transient=True) as progress:
-        task = progress.add_task(f"measuring {name}:{parent.version}", total=len(cands))
+    with tempfile.TemporaryDirectory(prefix="shipyard-search-") as tmp, \
+            running(progress, f"measuring {name}:{parent.version}", total=len(cands)):
         ev = _Evaluator(repo, parent, data, threads, latency_budget_s, Path(tmp))
         for cand in cands:
-            progress.update(task, description=cand.label)
+            progress.update(cand.label)
             tried.append(ev.run(cand))
-            progress.advance(task)
+            progress.advance()
             if not cand.fits(max_accuracy_drop) and cand.error is None and any(s["pass"] == "quantize" for s in cand.steps) \
                     and cand.steps[-1].get("mode") != "fp16":
-                fallback(ev, cand, max_accuracy_drop, progress, task, tried)
+                fallback(ev, cand, max_accuracy_drop, progress, tried)
         key = "latency_b1_p50_ms" if objective == "latency" else "size_bytes"
         fitting = [c for c in tried if c.fits(max_accuracy_drop)]
         if objective == "latency" and len(fitting) > 1:
-            progress.update(task, description=f"timing the {min(FINALISTS, len(fitting))} fastest side by side")
+            progress.update(f"timing the {min(FINALISTS, len(fitting))} fastest side by side")
             ev.retime(sorted(fitting, key=lambda c: c.metrics[key])[:FINALISTS])
-    if not fitting:
-        console.print(search_table(tried, ev.parent_metrics, None, max_accuracy_drop))
+    best = min(fitting, key=lambda c: c.metrics[key]) if fitting else None
+    if on_searched is not None:
+        on_searched(Searched(tried, ev.parent_metrics, best, max_accuracy_drop))
+    if best is None:
         raise InvalidInput(f"no candidate kept accuracy within {max_accuracy_drop} points of "
                            f"{name}:{parent.version}; raise --max-accuracy-drop or give --train data for fine-tuning")
-    best = min(fitting, key=lambda c: c.metrics[key])
-    console.print(search_table(tried, ev.parent_metrics, best, max_accuracy_drop))
     record = [{"candidate": c.label, "steps": c.steps, "error": c.error, "accuracy_drop_pt": c.drop, "retimed": c.retimed,
                **{k: c.metrics.get(k) for k in ("accuracy", "latency_b1_p50_ms", "size_bytes")}} for c in tried]
     result = optimize(repository, ref, recipe=best.steps, eval_data=data[0], calibrate=data[1], train=data[2],
-                      threads=threads, latency_budget_s=max(latency_budget_s, 1.0), console=console,
+                      threads=threads, latency_budget_s=max(latency_budget_s, 1.0), progress=progress,
                       facts={"search": {"objective": objective, "max_accuracy_drop": max_accuracy_drop,
                                         "chosen": best.label, "candidates": record}})
     return result, tried
-
-
-def search_table(tried: list[Candidate], parent: dict[str, Any], best: Candidate | None, budget: float) -> Table:
-    from shipyard.cli.views import human_size
-
-    t = Table(title=f"auto search: {len(tried)} candidates, budget {budget} accuracy points "
-                    f"(parent: {parent.get('accuracy', 0):.2%}, {parent.get('latency_b1_p50_ms', 0):.3f} ms, "
-                    f"{human_size(parent.get('size_bytes', 0))})",
-              caption="* the fastest that fit, timed again side by side" if any(c.retimed for c in tried) else None)
-    for col in ("candidate", "accuracy", "drop pt", "b1 p50 ms", "size", "fits", ""):
-        t.add_column(col, justify="left" if col == "candidate" else "right")
-    for c in tried:
-        m = c.metrics
-        if c.error:
-            t.add_row(c.label, "-", "-", "-", "-", "error", c.error[:60])
-            continue
-        t.add_row(c.label, f"{m.get('accuracy', 0):.2%}", f"{c.drop:+.2f}",
-                  f"{m.get('latency_b1_p50_ms', 0):.3f}" + (" *" if c.retimed else ""),
-                  human_size(m.get("size_bytes", 0)), "yes" if c.fits(budget) else "no",
-                  "[bold green]chosen[/]" if c is best else "")
-    return t

@@ -6,7 +6,7 @@ the folder carries `weight_only.json`, which names the quantized layers; `load_w
 the model from its config, swaps those layers for `WeightOnlyLinear` shells and loads the tensors.
 The generation engine then drives it unchanged: `PagedLM` only calls the model's modules.
 
-`shipyard optimize` writes these folders (`optimize/causal_lm.py`) and the `hf-causal-lm` runtime
+`shipyard optimize` writes these folders (`optimize/formats/hf_causal_lm.py`) and the `hf-causal-lm` runtime
 reads them, so the format lives here, below both.
 """
 

@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -101,23 +101,42 @@ class Staging:
         self.path = repo.root / name / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         self.path.mkdir(parents=True)
         self.manifest: Manifest | None = None
+        self._on_commit: list[Callable[[int], None]] = []
 
-    def commit(self) -> Manifest:
+    def on_commit(self, write: Callable[[int], None]) -> None:
+        """Call `write(version)` once the version's number is decided, before the files written so far
+        get their checksums: for files that name their own version (a report). It runs under the
+        model's lock, where two publishers cannot both be given the same number: keep it short."""
+        self._on_commit.append(write)
+
+    def _files(self, known: dict[str, FileEntry]) -> list[FileEntry]:
+        """Entries for every file; those in `known` (hashed before) are not read again."""
         files = []
         for p in sorted(self.path.rglob("*")):
             if p.is_file():
                 rel = p.relative_to(self.path).as_posix()
                 if rel == MANIFEST:
                     raise InvalidInput(f"a model file may not be called {MANIFEST}")
+                if rel in known:
+                    files.append(known[rel])
+                    continue
                 files.append(FileEntry(path=rel, sha256=sha256_file(p), size=p.stat().st_size))
                 with open(p, "rb+") as f:
                     os.fsync(f.fileno())
+        return files
+
+    def commit(self) -> Manifest:
+        files = self._files({})
         if not files:
             raise InvalidInput(f"nothing to publish for model '{self.name}': no files were written")
         model_dir = self.repo.root / self.name
         with self.repo._lock(self.name):
             # Numbers are never reused: a removed v3 must not come back as a different v3.
             version = max([*self.repo.versions(self.name), self.repo._last_version(self.name)]) + 1
+            if self._on_commit:
+                for write in self._on_commit:
+                    write(version)
+                files = self._files({f.path: f for f in files})
             manifest = Manifest(
                 name=self.name, version=version, format=self.format, files=files,
                 signature=self.signature, lineage=self.lineage, metrics=self.metrics,

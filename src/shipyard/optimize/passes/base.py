@@ -7,9 +7,11 @@ it and a manifest can record it) plus a handler registered by the config's type:
 Implementers must: never modify the input artifact's files (write new ones under `ctx.workdir`);
 raise `shipyard.errors.InvalidInput` naming the pass, the layer and the fix for anything they cannot
 handle; add a sentence to `ctx.notes` for every choice a reader of the report should know about
-(which kernel, which int8 format and why). Set `lossless = True` on conversions: the runner then
-checks the result against its source within `parity_atol + parity_rtol * max|output|` (fields
-`atol`/`rtol` on the config override them) and stops when it drifts.
+(which kernel, which int8 format and why). Declare in `accepts` the formats
+(`shipyard.optimize.formats`) whose models the pass can change: the runner refuses the rest before
+calling the handler, and presets and the search read it. Set `lossless = True` on conversions: the
+runner then checks the result against its source within `parity_atol + parity_rtol * max|output|`
+(fields `atol`/`rtol` on the config override them) and stops when it drifts.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class PassConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: ClassVar[str]
+    # The formats of the models this pass works on (None: any); see `shipyard.optimize.formats`.
+    accepts: ClassVar[frozenset[str] | None] = None
     lossless: ClassVar[bool] = False
     parity_atol: ClassVar[float] = 1e-4
     parity_rtol: ClassVar[float] = 0.0
@@ -82,6 +86,9 @@ class Context:
             self.notes.append(text)
 
 
+# The PyTorch formats a pass can change before an export (hf-causal-lm versions keep their format).
+TORCH = frozenset({"torch-export", "hf-transformers"})
+
 Handler = Callable[[Artifact, Any, Context], Artifact]
 C = TypeVar("C", bound=PassConfig)
 
@@ -98,6 +105,22 @@ def register(config_type: type[C]) -> Callable[[Callable[[Artifact, C, Context],
     return deco
 
 
+def kinds(config_type: type[PassConfig]) -> set[str]:
+    """The artifact kinds ('torch', 'onnx') of the formats a pass accepts."""
+    from shipyard.optimize.formats import REGISTRY as FORMATS
+
+    if config_type.accepts is None:
+        return {f.kind for f in FORMATS.values()}
+    return {FORMATS[f].kind for f in config_type.accepts if f in FORMATS}
+
+
+def accepts(config_type: type[PassConfig], fmt: str) -> bool:
+    return config_type.accepts is None or fmt in config_type.accepts
+
+
 def apply(artifact: Artifact, config: PassConfig, ctx: Context) -> Artifact:
     """Run one pass (torchao's `quantize_(model, config)` shape: the config's type picks the handler)."""
+    allowed = kinds(type(config))
+    if artifact.kind not in allowed and len(allowed) == 1:
+        artifact.require(allowed.pop(), config.name)
     return REGISTRY[type(config)](artifact, config, ctx)

@@ -9,13 +9,14 @@ import torch
 from pydantic import Field, model_validator
 
 from shipyard.optimize.artifact import Artifact
-from shipyard.optimize.passes.base import Context, PassConfig, register
+from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
 
 
 class Clip(PassConfig):
     """Clamp weights to a threshold or a per-layer percentile of their magnitude."""
 
     name: ClassVar[str] = "clip"
+    accepts: ClassVar[frozenset[str] | None] = TORCH
     threshold: float | None = Field(None, gt=0, description="Absolute bound t: weights are clamped to [-t, t].")
     percentile: float | None = Field(None, gt=50, le=100, description="Or: t is this percentile of each layer's |w|.")
 
@@ -28,7 +29,6 @@ class Clip(PassConfig):
 
 @register(Clip)
 def clip(artifact: Artifact, config: Clip, ctx: Context) -> Artifact:
-    artifact.require("torch", "clip")
     clipped: dict[str, float] = {}
     with torch.no_grad():
         for name, p in artifact.module.named_parameters():

@@ -32,7 +32,7 @@ from torch import nn
 from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact, quiet_session_options, torch_forward
 from shipyard.optimize.passes import graph
-from shipyard.optimize.passes.base import Context, PassConfig, register
+from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
 from shipyard.optimize.passes.transformer_prune import prune_transformer
 
 
@@ -40,6 +40,7 @@ class Distill(PassConfig):
     """Train a narrower / shallower (or given) student from the teacher on --train data."""
 
     name: ClassVar[str] = "distill"
+    accepts: ClassVar[frozenset[str] | None] = TORCH | {"onnx"}
     student: str = Field("narrow", description="'narrow' (fewer channels/heads/neurons), 'shallow' "
                          "(transformers: fewer blocks), or 'package.module:factory' returning an nn.Module.")
     width: float = Field(0.5, gt=0.0, le=1.0, description="narrow: fraction of channels (heads, FFN neurons) kept per layer.")

@@ -19,7 +19,7 @@ from shipyard.optimize.artifact import (
     quiet_session_options,
     set_mode,
 )
-from shipyard.optimize.passes.base import Context, PassConfig, register
+from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
 
 # transformers architecture prefix -> ORT transformer optimizer model type.
 FUSIONS = {"Bert": "bert", "Roberta": "bert", "DistilBert": "bert", "GPT2": "gpt2", "Electra": "bert"}
@@ -29,6 +29,7 @@ class Export(PassConfig):
     """Convert a PyTorch model to ONNX or to a torch.export program."""
 
     name: ClassVar[str] = "export"
+    accepts: ClassVar[frozenset[str] | None] = TORCH
     lossless: ClassVar[bool] = True
     format: Literal["onnx", "torch-export"] = Field("onnx", description="Target format.")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset.")
@@ -135,7 +136,6 @@ def attention_shape(model: Any) -> tuple[int, int]:
 
 @register(Export)
 def export(artifact: Artifact, config: Export, ctx: Context) -> Artifact:
-    artifact.require("torch", "export")
     if config.format == "onnx":
         return _onnx(artifact, config, ctx)
     import torch

@@ -12,7 +12,7 @@ from torch import nn
 
 from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact
-from shipyard.optimize.passes.base import Context, PassConfig, register
+from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
 from shipyard.optimize.passes.graph import linears_as_modules
 from shipyard.quant.weight_only import conv1d_to_linear_
 
@@ -21,6 +21,7 @@ class LowRank(PassConfig):
     """Factor Linear weights by truncated SVD."""
 
     name: ClassVar[str] = "low-rank"
+    accepts: ClassVar[frozenset[str] | None] = TORCH
     energy: float | None = Field(0.9, gt=0.0, le=1.0, description="Keep the smallest rank whose singular values hold this fraction of the squared-norm energy.")
     ratio: float | None = Field(None, gt=0.0, le=1.0, description="Or: keep this fraction of min(m, n) singular values.")
     exclude: list[str] = Field(default_factory=list, description="Linear layer names left whole.")
@@ -55,7 +56,6 @@ def factor(lin: nn.Linear, r: int) -> nn.Sequential:
 
 @register(LowRank)
 def low_rank(artifact: Artifact, config: LowRank, ctx: Context) -> Artifact:
-    artifact.require("torch", "low-rank")
     module = linears_as_modules(artifact.module)
     conv1d_to_linear_(module)
     done: dict[str, Any] = {}

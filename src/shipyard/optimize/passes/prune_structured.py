@@ -13,7 +13,7 @@ from torch import nn
 from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact, set_mode, torch_forward
 from shipyard.optimize.passes import graph
-from shipyard.optimize.passes.base import Context, PassConfig, register
+from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
 from shipyard.optimize.passes.transformer_prune import prune_transformer
 
 
@@ -21,6 +21,7 @@ class PruneStructured(PassConfig):
     """Remove a fraction of channels (CNN/MLP layers) or heads and FFN neurons (transformers)."""
 
     name: ClassVar[str] = "prune-structured"
+    accepts: ClassVar[frozenset[str] | None] = TORCH
     amount: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of output channels removed from each prunable layer.")
     heads: float | None = Field(None, ge=0.0, lt=1.0, description="Transformers: fraction of attention heads removed per layer (default: amount).")
     ffn: float | None = Field(None, ge=0.0, lt=1.0, description="Transformers: fraction of FFN neurons removed per layer (default: amount).")
@@ -96,7 +97,6 @@ def fine_tune(artifact: Artifact, config: PruneStructured, ctx: Context) -> dict
 
 @register(PruneStructured)
 def prune_structured(artifact: Artifact, config: PruneStructured, ctx: Context) -> Artifact:
-    artifact.require("torch", "prune-structured")
     if artifact.is_transformers:
         facts = prune_transformer(artifact.module, config.amount if config.heads is None else config.heads,
                                   config.amount if config.ffn is None else config.ffn, ctx)

@@ -1,22 +1,19 @@
 """Unstructured magnitude pruning: zero the smallest weights (globally or per layer, L1). Zeros
 alone save nothing, so ONNX results store mostly-zero weights as ONNX sparse initializers (values
-plus int16/int32 flat indices; ONNX Runtime densifies them at load): the file really shrinks. The
+plus int16/int32 flat indices; ONNX Runtime densifies them at load; the `sparse` mark set here is
+read by `optimize/formats/onnx.py` when it saves): the file really shrinks. The
 latency does not change: dense kernels still multiply the zeros (say so in the report)."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
 from shipyard.errors import InvalidInput
-from shipyard.optimize.artifact import Artifact, run_artifact
-from shipyard.optimize.parity import check_parity
-from shipyard.optimize.passes.base import Context, PassConfig, register
-from shipyard.optimize.tied import store_tied_once
+from shipyard.optimize.artifact import Artifact
+from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
 
 WEIGHT_OPS = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
 
@@ -25,6 +22,7 @@ class PruneUnstructured(PassConfig):
     """Zero the smallest-magnitude weights of conv/linear layers."""
 
     name: ClassVar[str] = "prune-unstructured"
+    accepts: ClassVar[frozenset[str] | None] = TORCH | {"onnx"}
     amount: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of weights set to zero.")
     scope: Literal["global", "layer"] = Field("global", description="One threshold for all layers, or the same fraction in each.")
     fine_tune_epochs: int = Field(0, ge=0, le=1000, description="Epochs of fine-tuning on --train data, keeping zeros at zero (PyTorch models).")
@@ -106,54 +104,3 @@ def prune_unstructured(artifact: Artifact, config: PruneUnstructured, ctx: Conte
              "a torch.export file does not shrink (export to ONNX to get the smaller file)")
     return out.evolve(extra={"sparse": True})
 
-
-def save_onnx(artifact: Artifact, dest: Path, ctx: Context, min_zeros: float = 0.5) -> None:
-    """Copy the ONNX file; store a tied embedding once (see `shipyard.optimize.tied`), and when it
-    carries pruned weights, each mostly-zero fp32 initializer as a sparse initializer if smaller."""
-    assert artifact.onnx_path is not None
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(artifact.onnx_path))
-    shared = store_tied_once(model)
-    if shared:
-        _check_tied(artifact, model, dest, ctx, shared)  # writes `dest`, then runs it
-    if not artifact.extra.get("sparse"):
-        if not shared:
-            shutil.copyfile(artifact.onnx_path, dest)
-        return
-    keep, sparse, saved = [], [], 0
-    for t in model.graph.initializer:
-        w = numpy_helper.to_array(t) if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) > 1 else None
-        if w is None or (w == 0).mean() < min_zeros:
-            keep.append(t)
-            continue
-        flat = w.reshape(-1)
-        idx = np.flatnonzero(flat)
-        itype = np.int16 if flat.size <= np.iinfo(np.int16).max else np.int32
-        if len(idx) * (4 + np.dtype(itype).itemsize) >= w.nbytes:
-            keep.append(t)
-            continue
-        sparse.append(helper.make_sparse_tensor(numpy_helper.from_array(flat[idx], t.name),
-                                                numpy_helper.from_array(idx.astype(itype), f"{t.name}_indices"),
-                                                list(w.shape)))
-        saved += w.nbytes - len(idx) * (4 + np.dtype(itype).itemsize)
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    model.graph.sparse_initializer.extend(sparse)
-    onnx.save(model, str(dest))
-    ctx.note(f"{len(sparse)} pruned weight tensors stored as ONNX sparse initializers ({saved / 1024:.0f} KB smaller)")
-
-
-def _check_tied(artifact: Artifact, model: Any, dest: Path, ctx: Context, shared: list[str]) -> None:
-    """The rewritten graph must compute what the exported one did (the same weights, transposed
-    back at load: only float reordering could differ)."""
-    import onnx
-
-    onnx.save(model, str(dest))
-    sample = ctx.sample(artifact.signature, 8)
-    worst = check_parity("storing the tied embedding once", run_artifact(artifact, sample, ctx.threads),
-                         run_artifact(artifact.evolve(onnx_path=dest), sample, ctx.threads), 1e-5, 1e-6)
-    ctx.facts["tied_stored_once"] = shared
-    ctx.note(f"tied embedding {shared} stored once in the ONNX file: the output projection reads it through "
-             f"a Transpose that ONNX Runtime folds at load (largest difference {worst.max_abs_diff:.2g})")

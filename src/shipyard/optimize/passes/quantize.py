@@ -24,6 +24,7 @@ class Quantize(PassConfig):
     """ONNX Runtime quantization of an ONNX model."""
 
     name: ClassVar[str] = "quantize"
+    accepts: ClassVar[frozenset[str] | None] = frozenset({"onnx"})
     mode: Literal["dynamic", "static", "fp16"] = Field("static", description="dynamic int8 (activations quantized at run time), static int8 QDQ (calibrated), or fp16 weights and math.")
     calibration: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="How static mode picks activation ranges.")
     percentile: float = Field(99.999, gt=90, le=100, description="Percentile kept by 'percentile' calibration.")
@@ -85,7 +86,6 @@ def _check_exclude(path: Any, exclude: list[str]) -> None:
 
 @register(Quantize)
 def quantize(artifact: Artifact, config: Quantize, ctx: Context) -> Artifact:
-    artifact.require("onnx", "quantize")
     assert artifact.onnx_path is not None
     _check_exclude(artifact.onnx_path, config.exclude)
     out = ctx.path(f"quantize-{config.mode}", ".onnx")

@@ -25,7 +25,7 @@ from torch import nn
 
 from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact
-from shipyard.optimize.passes.base import Context, PassConfig, register
+from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
 from shipyard.quant.weight_only import KERNELS, NOT_EXPORTABLE, WeightOnlyLinear, conv1d_to_linear_
 
 
@@ -131,6 +131,7 @@ class WeightOnly(PassConfig):
     """Weight-only int8/int4 quantization of Linear layers (PyTorch models)."""
 
     name: ClassVar[str] = "weight-only"
+    accepts: ClassVar[frozenset[str] | None] = TORCH | {"hf-causal-lm"}
     bits: Literal[4, 8] = Field(8, description="8: per-channel symmetric; 4: group-wise asymmetric round-to-nearest.")
     group_size: int = Field(128, ge=16, le=4096, description="Input columns per int4 scale (a multiple of 16).")
     kernel: str = Field("auto", description="'auto' (measure and pick), 'int8-packed', 'int8-packed-bf16', "
@@ -150,7 +151,6 @@ class WeightOnly(PassConfig):
 
 @register(WeightOnly)
 def weight_only(artifact: Artifact, config: WeightOnly, ctx: Context) -> Artifact:
-    artifact.require("torch", "weight-only")
     from shipyard.optimize.passes.graph import linears_as_modules
 
     module = linears_as_modules(artifact.module)
