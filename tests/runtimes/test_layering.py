@@ -1,4 +1,4 @@
-"""The arrows in DESIGN.md point one way: runtimes sit below optimize, so importing a runtime, or
+"""The arrows in docs/architecture.md point one way: runtimes sit below optimize, so importing a runtime, or
 loading a model that `shipyard optimize` wrote, must not pull any `shipyard.optimize` module in.
 Each check runs in a fresh interpreter, where `sys.modules` holds only what that work imported."""
 

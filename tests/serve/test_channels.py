@@ -46,8 +46,8 @@ def test_keys_help_lists_the_registered_channels() -> None:
 
 
 def test_no_channel_reaches_past_the_data_plane() -> None:
-    """The data plane is a channel's only door: no `plane.manager`, no manager or runtime import."""
-    reach = re.compile(r"\.manager\b|serve\.manager|shipyard\.runtimes|\.reject\(")
+    """The data plane is a channel's only door: no `plane.manager`, no manager, batcher or runtime import."""
+    reach = re.compile(r"\.manager\b|serve\.manager|serve\.batcher|shipyard\.runtimes|\.reject\(")
     offenders = [f"{p.relative_to(CHANNELS)}:{i}" for p in sorted(CHANNELS.rglob("*.py"))
                  for i, line in enumerate(p.read_text().splitlines(), 1) if reach.search(line)]
     assert offenders == []
