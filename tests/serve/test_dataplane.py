@@ -5,6 +5,7 @@ Starlette's in-process test client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -131,3 +132,29 @@ def test_a_raw_body_is_answered_by_the_version_whose_signature_decoded_it(split_
             assert head["outputs"][0]["shape"] == ([3, 2] if version == "1" else [2, 3])
             seen[version] += 1
     assert seen["1"] and seen["2"], seen  # both versions answered: the split was in play (p = 2e-12 otherwise)
+
+
+def test_only_known_models_enter_the_routing_cache(split_repo: Repository) -> None:
+    """Every name a client sends used to get a cache entry before it was checked, and none was
+    ever dropped: unique unknown names grew the server without bound."""
+    manager = ModelManager(split_repo, settings(split_repo))
+    manager.load("pair")
+    plane = DataPlane(manager)
+
+    async def go() -> None:
+        for i in range(50):
+            with pytest.raises(NotFound):
+                await plane.infer("test", f"nope-{i}", lambda i=i: request(f"nope-{i}", 1, 2))  # type: ignore[misc]
+        with pytest.raises(InvalidInput, match="not allowed"):  # the name is checked before any path is read
+            await plane.infer("test", "pair\0", lambda: request("pair\0", 1, 2))
+        with pytest.raises(Unavailable, match="not loaded"):
+            await plane.infer("test", "single", lambda: request("single", 1, 2))
+        with contextlib.suppress(InvalidInput):  # the split may pick v2, which takes rows of 3
+            await plane.infer("test", "pair", lambda: request("pair", 1, 2))
+
+    try:
+        asyncio.run(go())
+        assert set(plane.router._cache) == {"pair"}
+    finally:
+        manager.close()
+        plane.close()

@@ -215,9 +215,12 @@ class DataPlane:
         signature. A channel that needs the signature to decode resolves first and pins the route
         on its request, so the version it decoded for is the one that answers."""
         shadow = None
-        if version is None and self.router.routing(model) is not None:
-            ready = self.manager.entry(model).ready_versions()
-            version, shadow = self.router.choose(model, ready)
+        if version is None:
+            # The name is checked (and must be loaded) before the router caches anything of it:
+            # names no model has would otherwise fill the cache without bound.
+            entry = self.manager.entry(model)
+            if self.router.routing(model) is not None:
+                version, shadow = self.router.choose(model, entry.ready_versions())
         lv = self.manager.get(model, version)
         assert lv.manifest is not None and lv.batcher is not None
         return Route(lv.version, lv.manifest.signature, lv, shadow)
