@@ -37,6 +37,10 @@ CASES = [
     ("unknown model", "/v2/models/nope/infer", {"json": inputs()}, 404, ["unknown model 'nope'"]),
     ("unknown version", "/v2/models/digits/versions/9/infer", {"json": inputs()}, 404, ["no loaded version 9", "1, 2"]),
     ("bad version", "/v2/models/digits/versions/x/infer", {"json": inputs()}, 400, ["'x'", "positive integer"]),
+    # Issue 13 D10: digits other than ASCII ones are not versions ('١' and '²' pass str.isdigit()).
+    ("arabic-indic version", "/v2/models/digits/versions/%D9%A1/infer", {"json": inputs()}, 400, ["positive integer"]),
+    ("superscript version", "/v2/models/digits/versions/%C2%B2/infer", {"json": inputs()}, 400, ["positive integer"]),
+    ("5,000-digit version", "/v2/models/digits/versions/" + "9" * 5000 + "/infer", {"json": inputs()}, 400, ["positive integer"]),
     ("wrong datatype", "/v2/models/digits/infer", {"json": inputs(datatype="FP64")}, 400, ["FP64", "expects FP32"]),
     ("unknown datatype", "/v2/models/digits/infer", {"json": inputs(datatype="FLOAT")}, 400, ["unknown datatype 'FLOAT'"]),
     ("wrong shape", "/v2/models/digits/infer", {"json": inputs(shape=[1, 64])}, 400, ["shape [1, 64]", "[-1, 1, 8, 8]"]),

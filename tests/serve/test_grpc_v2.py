@@ -187,6 +187,9 @@ def test_malformed_messages_are_named(server: ServerProcess) -> None:
             (pb.ModelInferRequest(model_name="digits", inputs=[x], raw_input_contents=[b"", b""]), "2 raw_input_contents"),
             (pb.ModelInferRequest(model_name="digits", inputs=[x]), "has no data"),
             (pb.ModelInferRequest(model_name="digits", model_version="x1", inputs=[x]), "positive integer"),
+            # Issue 13 D10: '١' (Arabic-Indic one) passes str.isdigit() and int() reads it as 1.
+            (pb.ModelInferRequest(model_name="digits", model_version="\u0661", inputs=[x],
+                                  raw_input_contents=[b"\0" * 256]), "positive integer"),
             (pb.ModelInferRequest(model_name="digits"), "no inputs"),
             (pb.ModelInferRequest(inputs=[x]), "no model_name"),
         ]

@@ -70,6 +70,8 @@ def test_model_status(server: ServerProcess) -> None:
         ("/v1/models/id_bytes:predict", {"instances": [[{"b64": "!!"}, "a", "b"]]}, 400, ["invalid base64"]),
         ("/v1/models/digits/versions/0:predict", {"instances": [1]}, 400, ["positive integer"]),
         ("/v1/models/digits/versions/9:predict", {"instances": [1]}, 404, ["no loaded version 9"]),
+        # Issue 13 D10: an Arabic-Indic one passes str.isdigit() and int() reads it as 1.
+        ("/v1/models/digits/versions/%D9%A1:predict", {"instances": [[0.5] * 64]}, 400, ["positive integer"]),
         ("/v1/models/broken:predict", {"instances": [1]}, 503, ["checksum"]),
     ],
 )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from shipyard.errors import InvalidInput
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 JSON_CONTENT_TYPE = "application/json"
@@ -34,3 +36,16 @@ def model_path(model: str, version: int | None = None) -> str:
 def path_pattern(template: str) -> str:
     """A path template as a regex: each `{name}` a named group of one path segment."""
     return re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
+
+
+# More digits than any version number can have (versions count publishes): refused before int(),
+# which would spend time on (and past 4,300 digits refuse) a long one.
+VERSION_DIGITS = 18
+
+
+def parse_version(text: str) -> int:
+    """A version as a path segment or a gRPC field writes it: ASCII digits only, as the repository
+    names version folders ('١' and '²' pass `str.isdigit()`, and int() reads them), at least 1."""
+    if not (text.isascii() and text.isdigit()) or len(text) > VERSION_DIGITS or int(text) < 1:
+        raise InvalidInput(f"model version {text!r} must be a positive integer")
+    return int(text)

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shipyard.errors import InvalidInput, PayloadTooLarge
+from shipyard.protocol import v2
 from shipyard.tensors import element_count, numpy_dtype, to_bytes_array
 
 # Which JSON-decoded numpy kinds each tensor kind accepts: ints for floats, never floats for ints.
@@ -24,11 +25,7 @@ def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = 
 
 def parse_version(text: str | None) -> int | None:
     """A version path segment: None (absent) or a positive integer, else a 400 naming it."""
-    if text is None:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInput(f"model version {text!r} must be a positive integer")
-    return int(text)
+    return None if text is None else v2.parse_version(text)
 
 
 async def read_body(request: Request) -> bytes:

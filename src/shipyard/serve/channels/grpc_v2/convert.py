@@ -9,6 +9,7 @@ import numpy as np
 
 from shipyard.errors import InvalidInput
 from shipyard.protocol import messages_pb2 as pb
+from shipyard.protocol import v2
 from shipyard.serve.types import InferRequest, InferResponse, RequestedOutput
 from shipyard.tensors import Tensor, element_count, from_raw, numpy_dtype, to_bytes_array, to_raw
 
@@ -26,11 +27,7 @@ DATATYPE_ENUM = {
 
 def version_of(text: str) -> int | None:
     """The proto's string version: empty means 'let the server choose'."""
-    if not text:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInput(f"model version {text!r} must be a positive integer")
-    return int(text)
+    return v2.parse_version(text) if text else None
 
 
 def params_of(params: Any) -> dict[str, Any]:
