@@ -171,6 +171,12 @@ def test_bytes_count_follows_the_shape() -> None:
         from_raw(raw, "BYTES", [2, 2], "x")
 
 
+def test_a_bytes_shape_larger_than_its_data_is_refused_before_allocating() -> None:
+    """An array for 2**40 elements was allocated before the data was read (issue 13 D6)."""
+    with pytest.raises(InvalidInput, match="ends after 1 of 1099511627776 elements"):
+        from_raw(serialize_bytes(np.array([b"a"], dtype=object)), "BYTES", [1, 2**40], "x")
+
+
 def test_tensor_from_numpy() -> None:
     t = Tensor.from_numpy("x", np.zeros((2, 3), dtype=np.int16))
     assert (t.name, t.datatype, t.shape) == ("x", "INT16", [2, 3])

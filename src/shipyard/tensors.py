@@ -52,6 +52,25 @@ def v2_datatype(dtype: np.dtype[Any]) -> str:
         raise InvalidInput(f"numpy dtype {dtype} has no V2 datatype") from None
 
 
+# numpy refuses an array whose dimensions, zeros left out, multiply past what memory can address
+# ("array is too big", even with no elements), at 8 bytes an element at most.
+MAX_DIMENSION_PRODUCT = 2**60
+
+
+def check_shape(shape: list[int], what: str) -> list[int]:
+    """A request's shape: non-negative integers that numpy can make an array of (a zero
+    dimension does not make [0, 2**62] possible: numpy refuses it, empty or not)."""
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"{what} 'shape' must be a list of non-negative integers, got {shape}")
+    product = 1
+    for d in shape:
+        product *= max(int(d), 1)
+    if product > MAX_DIMENSION_PRODUCT:
+        raise InvalidInput(f"{what} has shape {shape}, whose dimensions (zeros aside) multiply past "
+                           f"2**60, the most an array can address; send the tensor's real shape")
+    return shape
+
+
 def element_count(shape: list[int] | tuple[int, ...]) -> int:
     n = 1
     for d in shape:
@@ -98,7 +117,9 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str) -> np.ndarray:
     """Parse `count` length-prefixed BYTES elements; every byte of `buffer` must be used."""
     view = memoryview(buffer)
-    out = np.empty(count, dtype=object)
+    # Elements are collected before the array is made: a shape may claim far more elements than
+    # the bytes hold, and an array of that many would be allocated before the first check.
+    items: list[bytes] = []
     pos = 0
     for i in range(count):
         if pos + 4 > len(view):
@@ -111,12 +132,14 @@ def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str) -> np.n
             raise InvalidInput(
                 f"input '{name}': BYTES element {i} claims {n} bytes but only {len(view) - pos} remain"
             )
-        out[i] = bytes(view[pos : pos + n])
+        items.append(bytes(view[pos : pos + n]))
         pos += n
     if pos != len(view):
         raise InvalidInput(
             f"input '{name}': {len(view) - pos} bytes left over after {count} BYTES elements"
         )
+    out = np.empty(count, dtype=object)
+    out[:] = items
     return out
 
 

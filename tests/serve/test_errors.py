@@ -42,6 +42,11 @@ CASES = [
     ("superscript version", "/v2/models/digits/versions/%C2%B2/infer", {"json": inputs()}, 400, ["positive integer"]),
     ("5,000-digit version", "/v2/models/digits/versions/" + "9" * 5000 + "/infer", {"json": inputs()}, 400, ["positive integer"]),
     ("wrong datatype", "/v2/models/digits/infer", {"json": inputs(datatype="FP64")}, 400, ["FP64", "expects FP32"]),
+    # Issue 13 D6: the client's mistakes, which were 500s.
+    ("null byte in the name", "/v2/models/digits%00/infer", {"json": inputs()}, 400, ["model name 'digits\\x00' is not allowed"]),
+    ("newline in the name", "/v2/models/digits%0A/infer", {"json": inputs()}, 400, ["is not allowed"]),
+    ("shape past numpy", "/v2/models/digits/infer", {"json": inputs(shape=[0, 4611686018427387904], data=[])}, 400,
+     ["shape [0, 4611686018427387904]", "2**60"]),
     ("unknown datatype", "/v2/models/digits/infer", {"json": inputs(datatype="FLOAT")}, 400, ["unknown datatype 'FLOAT'"]),
     ("wrong shape", "/v2/models/digits/infer", {"json": inputs(shape=[1, 64])}, 400, ["shape [1, 64]", "[-1, 1, 8, 8]"]),
     ("data length", "/v2/models/digits/infer", {"json": inputs(data=[0.5] * 63)}, 400, ["63 elements", "needs 64"]),

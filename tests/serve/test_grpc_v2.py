@@ -191,6 +191,10 @@ def test_malformed_messages_are_named(server: ServerProcess) -> None:
             (pb.ModelInferRequest(model_name="digits", model_version="\u0661", inputs=[x],
                                   raw_input_contents=[b"\0" * 256]), "positive integer"),
             (pb.ModelInferRequest(model_name="digits"), "no inputs"),
+            # Issue 13 D6: these were INTERNAL.
+            (pb.ModelInferRequest(model_name="digits\0", inputs=[x], raw_input_contents=[b"\0" * 256]), "not allowed"),
+            (pb.ModelInferRequest(model_name="digits", raw_input_contents=[b""], inputs=[
+                pb.ModelInferRequest.InferInputTensor(name="pixels", datatype="FP32", shape=[0, 1 << 62])]), "2**60"),
             (pb.ModelInferRequest(inputs=[x]), "no model_name"),
         ]
         for request, words in cases:
@@ -211,3 +215,19 @@ def test_malformed_messages_are_named(server: ServerProcess) -> None:
         with pytest.raises(grpc.RpcError) as e:
             infer(pb.ModelInferRequest(model_name="id_int8", inputs=[small]), timeout=10)
         assert "do not fit INT8" in e.value.details()
+
+
+def test_bytes_that_are_no_message_are_invalid_argument(server: ServerProcess) -> None:
+    """grpc's own parsing answered UNKNOWN ("Unexpected error") for them (issue 13 D6)."""
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as e:
+            infer(b"\xff\xff\xff", timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
+        assert "not a valid protobuf message" in e.value.details() and "ModelInferRequest" in e.value.details()
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        with pytest.raises(grpc.RpcError) as e:
+            list(stream(iter([b"\xff\xff\xff"]), timeout=10))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
+        ready = channel.unary_unary("/inference.GRPCInferenceService/ServerReady")
+        assert ready(b"", timeout=10) == b"\x08\x01"  # ready=true: valid bytes still work

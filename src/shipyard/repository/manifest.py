@@ -13,7 +13,8 @@ from shipyard.errors import InvalidInput
 from shipyard.tensors import DATATYPES
 
 SCHEMA_VERSION = 1
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# \Z, not $: "$" also matches before a final newline, which would let "digits\n" through.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
 def check_model_name(name: str) -> str:

@@ -11,7 +11,7 @@ from shipyard.errors import InvalidInput
 from shipyard.protocol import messages_pb2 as pb
 from shipyard.protocol import v2
 from shipyard.serve.types import InferRequest, InferResponse, RequestedOutput
-from shipyard.tensors import Tensor, element_count, from_raw, numpy_dtype, to_bytes_array, to_raw
+from shipyard.tensors import Tensor, check_shape, element_count, from_raw, numpy_dtype, to_bytes_array, to_raw
 
 # Which typed-contents field carries each datatype (16-bit floats have none: raw only).
 CONTENTS_FIELD = {
@@ -80,6 +80,7 @@ def decode_request(msg: Any) -> InferRequest:
         shape = list(t.shape)
         if any(d < 0 for d in shape):
             raise InvalidInput(f"input '{t.name}' shape must be non-negative integers, got {shape}")
+        check_shape(shape, f"input '{t.name}'")
         if raw:
             if t.HasField("contents"):
                 raise InvalidInput(f"input '{t.name}' sets contents while the request uses raw_input_contents; "

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from shipyard.errors import ShipyardError
+from shipyard.errors import InvalidInput, ShipyardError
 from shipyard.protocol.status import grpc_code
 from shipyard.protocol.v2 import GRPC_SERVICE
 from shipyard.serve.auth import KeyRecord
@@ -89,11 +90,15 @@ class ErrorsAndAccess(grpc.aio.ServerInterceptor):
 
     def _wrap(self, name: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         plane, field, check = self.plane, MODEL_FIELD.get(name), name not in OPEN
+        # Messages are parsed here, not by grpc: bytes that are no valid message then get
+        # INVALID_ARGUMENT naming the problem, where grpc's own parsing answers UNKNOWN.
+        parse = _parser(name, handler.request_deserializer)
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
-            async def unary(request: Any, context: Any) -> Any:
+            async def unary(raw: bytes, context: Any) -> Any:
                 try:
+                    request = parse(raw)
                     if check and plane.guard is not None:
                         model = getattr(request, field) or None if field else None
                         current_key.set(plane.authorize(current_token.get(), CHANNEL, model))
@@ -104,10 +109,13 @@ class ErrorsAndAccess(grpc.aio.ServerInterceptor):
                     await abort(context, e)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                unary, request_deserializer=None, response_serializer=handler.response_serializer)
         assert handler.stream_stream is not None
         inner_stream = handler.stream_stream
+
+        async def parsed(raw_iterator: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+            async for raw in raw_iterator:
+                yield parse(raw)
 
         async def stream(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
             try:
@@ -115,7 +123,7 @@ class ErrorsAndAccess(grpc.aio.ServerInterceptor):
                     # Opening the stream needs a key; each request on it is then checked (and
                     # counted against the key's rate) on its own.
                     current_key.set(plane.authorize(token_of(context), CHANNEL, None, spend=False))
-                async for response in inner_stream(request_iterator, context):
+                async for response in inner_stream(parsed(request_iterator), context):
                     yield response
             except grpc.aio.AbortError:
                 raise
@@ -123,5 +131,21 @@ class ErrorsAndAccess(grpc.aio.ServerInterceptor):
                 await abort(context, e)
 
         return grpc.stream_stream_rpc_method_handler(
-            stream, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+            stream, request_deserializer=None, response_serializer=handler.response_serializer)
+
+
+def _parser(method: str, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """The method's request parser, raising InvalidInput for bytes that are no valid message."""
+    if deserialize is None:
+        return lambda raw: raw
+    message = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    expected = message.full_name if message is not None else "request message"
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError as e:
+            raise InvalidInput(f"the {method} request ({len(raw)} bytes) is not a valid protobuf message: "
+                               f"{e}; send a serialized {expected}") from None
+
+    return parse

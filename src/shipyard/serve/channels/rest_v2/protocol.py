@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from shipyard.errors import InvalidInput
+from shipyard.tensors import check_shape
 
 
 def expect_dict(value: Any, what: str) -> dict[str, Any]:
@@ -24,4 +25,4 @@ def expect_shape(value: Any, what: str) -> list[int]:
     shape = expect_list(value, f"{what} 'shape'")
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidInput(f"{what} 'shape' must be a list of non-negative integers, got {shape}")
-    return shape
+    return check_shape(shape, what)
