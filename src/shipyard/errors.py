@@ -3,6 +3,8 @@ own status codes in a single table."""
 
 from __future__ import annotations
 
+from itertools import islice
+
 
 class ShipyardError(Exception):
     """Base of every error a user or client can cause. The message names the problem and the fix."""
@@ -67,3 +69,34 @@ class RateLimited(ShipyardError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+# How much of a client's value a message repeats: enough to recognise it, never so much that an
+# error grows with the input (a 100,000-entry list, a 100 KB name past gRPC's metadata limit).
+SHOWN_CHARS = 80
+SHOWN_ITEMS = 8
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """`repr(value)` for a message, cut to about `limit` characters; a cut one says how long the
+    value was. Every message that repeats what a client sent goes through here."""
+    if isinstance(value, (list, tuple, dict)) and len(value) > SHOWN_ITEMS:
+        first = dict(islice(value.items(), SHOWN_ITEMS)) if isinstance(value, dict) else list(value[:SHOWN_ITEMS])
+        text = repr(first)
+        return f"{text[:min(limit, len(text) - 1)]}, ...{text[-1]} ({len(value)} items)"
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else (
+        f"{len(value)} bytes" if isinstance(value, bytes) else f"{len(text)} characters written out")
+    return f"{text[:limit]}... ({size})"
+
+
+# The longest message a transport sends: the last guard, for a value no `shown` call cut (gRPC
+# sends the message as metadata, and past its limit the client sees RESOURCE_EXHAUSTED instead).
+MESSAGE_CHARS = 1000
+
+
+def clipped(message: str, limit: int = MESSAGE_CHARS) -> str:
+    """`message` cut to `limit` characters, saying how long it was."""
+    return message if len(message) <= limit else f"{message[:limit]}... (message of {len(message)} characters cut)"

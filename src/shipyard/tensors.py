@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, shown
 
 # V2 datatype -> numpy dtype. BYTES maps to object (elements are `bytes`).
 V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
@@ -38,7 +38,7 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
         return V2_TO_NUMPY[datatype]
     except KeyError:
         raise InvalidInput(
-            f"unknown datatype '{datatype}'; expected one of {', '.join(DATATYPES)}"
+            f"unknown datatype {shown(datatype)}; expected one of {', '.join(DATATYPES)}"
         ) from None
 
 
@@ -61,12 +61,12 @@ def check_shape(shape: list[int], what: str) -> list[int]:
     """A request's shape: non-negative integers that numpy can make an array of (a zero
     dimension does not make [0, 2**62] possible: numpy refuses it, empty or not)."""
     if any(d < 0 for d in shape):
-        raise InvalidInput(f"{what} 'shape' must be a list of non-negative integers, got {shape}")
+        raise InvalidInput(f"{what} 'shape' must be a list of non-negative integers, got {shown(shape)}")
     product = 1
     for d in shape:
         product *= max(int(d), 1)
     if product > MAX_DIMENSION_PRODUCT:
-        raise InvalidInput(f"{what} has shape {shape}, whose dimensions (zeros aside) multiply past "
+        raise InvalidInput(f"{what} has shape {shown(shape)}, whose dimensions (zeros aside) multiply past "
                            f"2**60, the most an array can address; send the tensor's real shape")
     return shape
 

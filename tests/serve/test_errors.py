@@ -182,3 +182,15 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(fresh_repo: Repository)
     assert result[0].json()["outputs"][0]["shape"] == [4000, 512]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/v2/health/live")
+
+
+def test_messages_cut_what_the_client_sent_and_say_its_length(server: ServerProcess) -> None:
+    """A 100,000-character value came back whole in the message (issue 13 D11)."""
+    r = post(server, "/v2/models/digits/infer", json=inputs(datatype="F" * 100_000))
+    assert r.status_code == 400 and "unknown datatype 'FFFF" in r.json()["error"]
+    assert "(100000 characters)" in r.json()["error"] and len(r.content) < 1000, len(r.content)
+    r = post(server, "/v2/models/digits/infer", json={"inputs": [{**PIXELS, "name": "x" * 100_000}]})
+    assert r.status_code == 400 and "(100000 characters)" in r.json()["error"] and len(r.content) < 2000
+    r = post(server, "/v1/models/two:predict", json={"instances": [{str(i): 1 for i in range(50_000)}]})
+    assert r.status_code == 400 and "(50000 items)" in r.json()["error"] and len(r.content) < 1000, r.text[:300]
+    still_serving(server)

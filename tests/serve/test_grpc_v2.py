@@ -231,3 +231,14 @@ def test_bytes_that_are_no_message_are_invalid_argument(server: ServerProcess) -
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
         ready = channel.unary_unary("/inference.GRPCInferenceService/ServerReady")
         assert ready(b"", timeout=10) == b"\x08\x01"  # ready=true: valid bytes still work
+
+
+def test_a_long_model_name_gets_its_message_not_resource_exhausted(client: tgrpc.InferenceServerClient) -> None:
+    """The whole 100 KB name was echoed, past gRPC's metadata limit (issue 13 D11)."""
+    x = tgrpc.InferInput("pixels", [1, 1, 8, 8], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("m" * 100_000, [x])
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT", e.value
+    assert "is not allowed" in e.value.message() and "(100000 characters)" in e.value.message()
+    assert len(e.value.message()) < 1000

@@ -248,3 +248,11 @@ def test_openai_client_raises_typed_errors(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="lm", messages=[{"role": "user", "content": "x"}], max_tokens=1000)
     assert br.value.code == "context_length_exceeded" and br.value.param == "messages"
     assert client.completions.create(model="lm", prompt="x", max_tokens=2).choices  # still serving
+
+
+def test_a_long_stop_list_is_not_echoed_whole(lm_server: ServerProcess) -> None:
+    """A 100,000-entry stop list came back in a 989 KB body (issue 13 D11)."""
+    r = httpx.post(f"{lm_server.url}/v1/completions", timeout=30,
+                   json={"model": "lm", "prompt": "x", "stop": ["a"] * 100_000})
+    assert r.status_code == 400, r.text
+    assert "(100000 items)" in r.json()["error"]["message"] and len(r.content) < 1000, len(r.content)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, shown
 
 MAX_TOP_LOGPROBS = 20
 
@@ -42,7 +42,7 @@ class SamplingParams:
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidInput(f"logprobs is {self.logprobs}; it must be between 0 and {MAX_TOP_LOGPROBS}")
         if len(self.stop) > 4 or any(not s for s in self.stop):
-            raise InvalidInput(f"stop has {list(self.stop)!r}; give at most 4 non-empty strings")
+            raise InvalidInput(f"stop has {shown(list(self.stop))}; give at most 4 non-empty strings")
 
     @property
     def greedy(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, shown
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -47,5 +47,5 @@ def parse_version(text: str) -> int:
     """A version as a path segment or a gRPC field writes it: ASCII digits only, as the repository
     names version folders ('١' and '²' pass `str.isdigit()`, and int() reads them), at least 1."""
     if not (text.isascii() and text.isdigit()) or len(text) > VERSION_DIGITS or int(text) < 1:
-        raise InvalidInput(f"model version {text!r} must be a positive integer")
+        raise InvalidInput(f"model version {shown(text)} must be a positive integer")
     return int(text)

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shipyard import __version__
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, shown
 from shipyard.tensors import DATATYPES
 
 SCHEMA_VERSION = 1
@@ -20,7 +20,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 def check_model_name(name: str) -> str:
     if not NAME_PATTERN.match(name) or name in (".", ".."):
         raise InvalidInput(
-            f"model name {name!r} is not allowed; use letters, digits, '_', '-' and '.', "
+            f"model name {shown(name)} is not allowed; use letters, digits, '_', '-' and '.', "
             "starting with a letter or digit (at most 128 characters)"
         )
     return name

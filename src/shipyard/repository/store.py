@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shipyard.config import ModelConfig
-from shipyard.errors import Conflict, IntegrityError, InvalidInput, NotFound
+from shipyard.errors import Conflict, IntegrityError, InvalidInput, NotFound, shown
 from shipyard.repository.manifest import (
     NAME_PATTERN,
     FileEntry,
@@ -82,7 +82,7 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     if not sep:
         return check_model_name(name), None
     if not (version.isascii() and version.isdigit()) or int(version) < 1:
-        raise InvalidInput(f"version in {ref!r} must be a positive integer, as in '{name}:2'")
+        raise InvalidInput(f"version in {shown(ref)} must be a positive integer, as in '{name}:2'")
     return check_model_name(name), int(version)
 
 

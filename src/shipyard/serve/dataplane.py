@@ -14,7 +14,7 @@ import numpy as np
 
 from shipyard import __version__
 from shipyard.config import ShadowConfig
-from shipyard.errors import InvalidInput, NotFound, ShipyardError
+from shipyard.errors import InvalidInput, NotFound, ShipyardError, shown
 from shipyard.repository import Signature, TensorSpec
 from shipyard.serve.auth import Guard, KeyRecord
 from shipyard.serve.manager import READY, LoadedVersion, ModelManager
@@ -41,7 +41,7 @@ def check_inputs(request: InferRequest, signature: Signature) -> dict[str, np.nd
         spec = signature.input(t.name)
         if spec is None:
             raise InvalidInput(
-                f"unexpected input '{t.name}'; model '{request.model}' takes "
+                f"unexpected input {shown(t.name)}; model '{request.model}' takes "
                 f"{', '.join(s.describe() for s in signature.inputs)}"
             )
         if t.name in arrays:
@@ -76,7 +76,7 @@ def check_outputs(request: InferRequest, signature: Signature) -> list[str]:
     for o in request.outputs:
         if o.name not in names:
             raise InvalidInput(
-                f"unknown output '{o.name}' requested; model '{request.model}' has {', '.join(names)}"
+                f"unknown output {shown(o.name)} requested; model '{request.model}' has {', '.join(names)}"
             )
         wanted.append(o.name)
     return list(dict.fromkeys(wanted))

@@ -11,14 +11,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shipyard.errors import ShipyardError, Unauthenticated
+from shipyard.errors import ShipyardError, Unauthenticated, clipped
 from shipyard.protocol.status import http_status
 
 log = logging.getLogger("shipyard.serve")
 
 
 def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps({"error": message}), status_code=status,
+    return Response(orjson.dumps({"error": clipped(message)}), status_code=status,
                     media_type="application/json", headers=headers)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, shown
 from shipyard.protocol import messages_pb2 as pb
 from shipyard.protocol import v2
 from shipyard.serve.types import InferRequest, InferResponse, RequestedOutput
@@ -79,7 +79,7 @@ def decode_request(msg: Any) -> InferRequest:
         numpy_dtype(t.datatype)  # names the valid ones when unknown
         shape = list(t.shape)
         if any(d < 0 for d in shape):
-            raise InvalidInput(f"input '{t.name}' shape must be non-negative integers, got {shape}")
+            raise InvalidInput(f"input '{t.name}' shape must be non-negative integers, got {shown(shape)}")
         check_shape(shape, f"input '{t.name}'")
         if raw:
             if t.HasField("contents"):

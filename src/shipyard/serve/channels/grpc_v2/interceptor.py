@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from shipyard.errors import InvalidInput, ShipyardError
+from shipyard.errors import InvalidInput, ShipyardError, clipped
 from shipyard.protocol.status import grpc_code
 from shipyard.protocol.v2 import GRPC_SERVICE
 from shipyard.serve.auth import KeyRecord
@@ -58,9 +58,9 @@ async def abort(context: Any, exc: BaseException) -> None:
     if isinstance(exc, ShipyardError):
         retry = getattr(exc, "retry_after", None)
         trailers = (("retry-after", str(max(1, math.ceil(retry)))),) if retry is not None else ()
-        await context.abort(status_of(exc), exc.message, trailing_metadata=trailers)
+        await context.abort(status_of(exc), clipped(exc.message), trailing_metadata=trailers)
     log.exception("unhandled error in a gRPC call", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    await context.abort(grpc.StatusCode.INTERNAL, clipped(f"internal error: {type(exc).__name__}: {exc}"))
 
 
 class ErrorsAndAccess(grpc.aio.ServerInterceptor):

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from shipyard.errors import InvalidInput, ShipyardError
+from shipyard.errors import InvalidInput, ShipyardError, clipped
 from shipyard.protocol import messages_pb2 as pb
 from shipyard.protocol import service_pb2_grpc
 from shipyard.protocol.v2 import GRPC_SERVICE
@@ -76,7 +76,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 self.plane.authorize(token, CHANNEL, request.model_name or None)
                 return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
             except ShipyardError as e:
-                return pb.ModelStreamInferResponse(error_message=e.message,
+                return pb.ModelStreamInferResponse(error_message=clipped(e.message),
                                                    infer_response=pb.ModelInferResponse(id=request.id))
 
         async def read() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shipyard.errors import InvalidInput, NotFound, ShipyardError, Unavailable
+from shipyard.errors import InvalidInput, NotFound, ShipyardError, Unavailable, clipped, shown
 from shipyard.generate.params import ContextTooLong, SamplingParams, TokenLogprob
 from shipyard.serve.channels.http_errors import status_of
 from shipyard.serve.channels.openai.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
@@ -18,7 +18,7 @@ def sampling_params(req: CompletionRequest | ChatCompletionRequest) -> SamplingP
     bad = req.unsupported()
     if bad:
         name, value = bad[0]
-        raise InvalidInput(f"{name}={value!r} is not supported by this server; leave it out")
+        raise InvalidInput(f"{name}={shown(value)} is not supported by this server; leave it out")
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if isinstance(req, ChatCompletionRequest):
         max_tokens = req.max_completion_tokens or req.max_tokens
@@ -85,7 +85,7 @@ def chat_logprobs(tokenizer: Any, items: list[TokenLogprob]) -> dict[str, Any]:
 
 # -- errors -----------------------------------------------------------------------------------
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return {"error": {"message": clipped(message), "type": type_, "param": param, "code": code}}
 
 
 def from_shipyard(exc: ShipyardError, prompt_field: str = "prompt") -> tuple[int, dict[str, Any]]:
@@ -105,7 +105,7 @@ def from_validation(exc: ValidationError) -> dict[str, Any]:
     """A malformed body: name the first bad field, what was wrong, and what was given."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or len(err["loc"]) > 1)
-    given = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
+    given = f" (got {shown(err['input'])})" if "input" in err and err["type"] != "missing" else ""
     message = f"{loc or 'body'}: {err['msg']}{given}"
     if len(exc.errors()) > 1:
         message += f" (and {len(exc.errors()) - 1} more problems)"

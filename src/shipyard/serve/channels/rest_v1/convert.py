@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, shown
 from shipyard.repository import TensorSpec
 from shipyard.serve.channels.http_util import json_data  # the same JSON -> numpy rules as V2
 from shipyard.serve.channels.rest_v1.protocol import B64, INPUTS, INSTANCES, OUTPUTS, PREDICTIONS
@@ -66,7 +66,7 @@ def decode_request(doc: Any, model: str, version: int | None, route: Route) -> t
             columns: dict[str, list[Any]] = {n: [] for n in names}
             for i, row in enumerate(instances):
                 if set(row) != set(names):
-                    raise InvalidInput(f"instances[{i}] has keys {sorted(row)}; model '{model}' takes {names}")
+                    raise InvalidInput(f"instances[{i}] has keys {shown(sorted(row))}; model '{model}' takes {names}")
                 for n in names:
                     columns[n].append(row[n])
         elif len(specs) == 1:
@@ -78,7 +78,7 @@ def decode_request(doc: Any, model: str, version: int | None, route: Route) -> t
         value = doc[INPUTS]
         if isinstance(value, dict) and not (set(value) == {B64}):
             if set(value) != set(names):
-                raise InvalidInput(f"'{INPUTS}' has keys {sorted(value)}; model '{model}' takes {names}")
+                raise InvalidInput(f"'{INPUTS}' has keys {shown(sorted(value))}; model '{model}' takes {names}")
             columns = value
         elif len(specs) == 1:
             columns = {names[0]: value}

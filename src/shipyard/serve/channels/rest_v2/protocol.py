@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, shown
 from shipyard.tensors import check_shape
 
 
@@ -24,5 +24,5 @@ def expect_list(value: Any, what: str) -> list[Any]:
 def expect_shape(value: Any, what: str) -> list[int]:
     shape = expect_list(value, f"{what} 'shape'")
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"{what} 'shape' must be a list of non-negative integers, got {shape}")
+        raise InvalidInput(f"{what} 'shape' must be a list of non-negative integers, got {shown(shape)}")
     return check_shape(shape, what)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shipyard.errors import InvalidInput, ShipyardError
+from shipyard.errors import InvalidInput, ShipyardError, shown
 from shipyard.protocol.v2 import (
     HEADER_LENGTH,
     HEALTH_LIVE,
@@ -94,7 +94,7 @@ async def infer_response(request: Request, plane: DataPlane, model: str, version
         body = await read_body(request)
         header = request.headers.get(HEADER_LENGTH)
         if header is not None and not header.strip().isdigit():
-            raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {header!r}")
+            raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {shown(header)}")
         header_length = int(header) if header is not None else None
         # A raw body is typed by the signature: resolve first, and answer from that version.
         route = plane.resolve(model, v) if header_length == 0 else None
