@@ -194,3 +194,11 @@ def test_messages_cut_what_the_client_sent_and_say_its_length(server: ServerProc
     r = post(server, "/v1/models/two:predict", json={"instances": [{str(i): 1 for i in range(50_000)}]})
     assert r.status_code == 400 and "(50000 items)" in r.json()["error"] and len(r.content) < 1000, r.text[:300]
     still_serving(server)
+
+
+def test_loading_an_unknown_model_names_neither_the_folder_nor_the_others(server: ServerProcess,
+                                                                          serve_repo: Repository) -> None:
+    """The 404 said 'model 'nope' is not in repository /srv/... (models: broken, digits, ...)' (issue 13 D15)."""
+    r = post(server, "/v2/repository/models/nope/load")
+    assert r.status_code == 404 and r.json()["error"] == "model 'nope' is not in the repository"
+    assert str(serve_repo.root) not in r.text and "digits" not in r.text

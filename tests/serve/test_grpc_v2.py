@@ -143,6 +143,7 @@ def test_repository_index_load_unload(fresh_repo: Repository) -> None:
         with pytest.raises(InferenceServerException) as e:
             c.load_model("no_such_model")
         assert "StatusCode.NOT_FOUND" in str(e.value.status()) and "no_such_model" in str(e.value)
+        assert str(fresh_repo.root) not in str(e.value) and "digits" not in str(e.value)  # issue 13 D15
     finally:
         assert server.stop() == 0, server.output()
 

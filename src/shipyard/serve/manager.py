@@ -93,7 +93,10 @@ class ModelManager:
     def load(self, name: str) -> ModelEntry:
         """(Re)load a model's versions by its version policy. A version that fails to load is kept
         with state UNAVAILABLE and the reason; the others still serve."""
-        self.repository.resolve(name)  # NotFound for unknown models
+        if not self.repository.versions(name):
+            # Not the repository's own message: a client is not told the server's folder or the
+            # names of the other models.
+            raise NotFound(f"model '{name}' is not in the repository")
         wanted = self._versions_to_load(name)
         config = self.repository.model_config(name)
         batching = self.settings.batching_for(config)
