@@ -212,6 +212,9 @@ BAD: list[tuple[str, dict[str, Any] | bytes, int, str, str | None]] = [
     ("/v1/completions", {"model": "lm", "prompt": "x", "echo": True}, 400, "echo", None),
     ("/v1/completions", {"model": "lm", "prompt": [100000]}, 400, "token ids must be in", None),
     ("/v1/completions", {"model": "lm", "prompt": []}, 400, "prompt", None),
+    # Issue 13 D9: more prompts than the queue holds can never fit (they were 503 "retry shortly").
+    ("/v1/completions", {"model": "lm", "prompt": ["x"] * 300}, 400, "queues at most 256 requests (max_queue_size)", None),
+    ("/v1/completions", {"model": "lm", "prompt": ["x"] * 20, "n": 16}, 400, "320 completions (20 prompts x n=16)", None),
     ("/v1/completions", {"model": "lm"}, 400, "prompt: Field required", "missing"),
     ("/v1/completions", {"prompt": "x"}, 400, "model: Field required", "missing"),
     ("/v1/completions", b"{not json", 400, "not valid JSON", None),

@@ -19,8 +19,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from shipyard.errors import InvalidInput
 from shipyard.generate.engine import Engine
-from shipyard.generate.params import Output, SamplingParams
+from shipyard.generate.params import MAX_SEQUENCES, Output, SamplingParams
 from shipyard.generate.sequence import Request
 
 _ids = itertools.count()
@@ -49,6 +50,8 @@ class EngineClient(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def submit(self, prompt: list[int], params: SamplingParams) -> Stream: ...
+
+    def submit_many(self, prompts: list[list[int]], params: SamplingParams) -> list[Stream]: ...
 
 
 class Stream:
@@ -131,3 +134,26 @@ class AsyncEngine:
     def submit(self, prompt: list[int], params: SamplingParams) -> Stream:
         max_tokens = self.engine.check(prompt, params)
         return Stream(self.engine, prompt, params, max_tokens, self.observer)
+
+    def submit_many(self, prompts: list[list[int]], params: SamplingParams) -> list[Stream]:
+        """One client request of several prompts: every prompt is checked before any queues, a
+        request that could never fit is refused (InvalidInput, not a retry), and when the queue
+        fills part way the ones queued are cancelled."""
+        limit = self.engine.config.max_queue_size
+        if len(prompts) > limit:
+            raise InvalidInput(f"the request has {len(prompts)} prompts; model '{self.name}' queues at most "
+                               f"{limit} requests (max_queue_size), so it can never fit: send at most {limit}")
+        if len(prompts) * params.n > MAX_SEQUENCES:
+            raise InvalidInput(f"the request asks for {len(prompts) * params.n} completions ({len(prompts)} "
+                               f"prompts x n={params.n}); one request may ask for at most {MAX_SEQUENCES}: "
+                               "send fewer prompts or a lower n")
+        checked = [(p, self.engine.check(p, params)) for p in prompts]
+        streams: list[Stream] = []
+        try:
+            for prompt, max_tokens in checked:
+                streams.append(Stream(self.engine, prompt, params, max_tokens, self.observer))
+        except BaseException:
+            for s in streams:
+                s.cancel()
+            raise
+        return streams

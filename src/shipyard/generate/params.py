@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from shipyard.errors import InvalidInput, shown
 
 MAX_TOP_LOGPROBS = 20
+# Most sequences one client request may start (prompts x n): one body must not hand the engine
+# thousands (200 prompts x n=16 ran 3,200).
+MAX_SEQUENCES = 256
 
 
 class ContextTooLong(InvalidInput):

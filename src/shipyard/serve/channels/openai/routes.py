@@ -55,18 +55,6 @@ async def _body(request: Request) -> Any:
     return body
 
 
-def _submit_all(engine: EngineClient, prompts: list[list[int]], params: Any) -> list[Stream]:
-    streams: list[Stream] = []
-    try:
-        for p in prompts:
-            streams.append(engine.submit(p, params))
-    except BaseException:
-        for s in streams:
-            s.cancel()
-        raise
-    return streams
-
-
 async def _merged(streams: list[Stream]) -> AsyncIterator[tuple[int, Output]]:
     """Outputs of several requests (a list of prompts) as they come, tagged by prompt index."""
     if len(streams) == 1:
@@ -184,7 +172,7 @@ async def _completions(request: Request) -> Response:
         prompts = [engine.encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[union-attr]
     if not prompts:
         raise InvalidInput("prompt is an empty list; give a string, a list of strings or token ids")
-    streams = _submit_all(engine, prompts, params)
+    streams = engine.submit_many(prompts, params)
     rid, created, n = convert.new_id("cmpl"), convert.now(), params.n
     prompt_tokens = sum(len(p) for p in prompts)
     tok = engine.tokenizer
@@ -238,7 +226,7 @@ async def _chat(request: Request) -> Response:
     engine = _engine(request, req.model)
     params = convert.sampling_params(req)
     prompt = engine.encode(convert.chat_prompt(engine.tokenizer, req.messages))
-    streams = _submit_all(engine, [prompt], params)
+    streams = engine.submit_many([prompt], params)
     rid, created, tok = convert.new_id("chatcmpl"), convert.now(), engine.tokenizer
 
     if req.stream:
