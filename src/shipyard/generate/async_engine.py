@@ -21,8 +21,9 @@ from typing import Any, Protocol
 
 from shipyard.errors import InvalidInput
 from shipyard.generate.engine import Engine
-from shipyard.generate.params import MAX_SEQUENCES, Output, SamplingParams
+from shipyard.generate.params import MAX_SEQUENCES, ContextTooLong, Output, SamplingParams
 from shipyard.generate.sequence import Request
+from shipyard.generate.tokenizer import chars_per_token
 
 _ids = itertools.count()
 
@@ -41,13 +42,20 @@ class Observer(Protocol):
 
 
 class EngineClient(Protocol):
-    """What a channel may use: the tokenizer, the context length, and `submit`."""
+    """What a channel may use: the tokenizer, the context length, encoding (a prompt sure to be
+    too long is refused by its length first), the request-size checks, and submitting."""
 
     name: str
     max_model_len: int
     tokenizer: Any
 
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_many(self, texts: list[str]) -> list[list[int]]: ...
+
+    def check_length(self, text: str) -> None: ...
+
+    def check_count(self, prompts: int, n: int) -> None: ...
 
     def submit(self, prompt: list[int], params: SamplingParams) -> Stream: ...
 
@@ -127,26 +135,53 @@ class AsyncEngine:
         self.name = engine.name
         self.max_model_len = engine.max_model_len
         self.tokenizer = engine.tokenizer
+        # Built here, where loading runs (off the event loop): it reads the whole vocabulary.
+        self.chars_per_token = chars_per_token(self.tokenizer)
+
+    def check_length(self, text: str) -> None:
+        """ContextTooLong for a prompt with more characters than the context's tokens can cover
+        (its tokens could only be more than the context holds), without tokenizing any of it."""
+        most = (self.max_model_len - 1) * self.chars_per_token if self.chars_per_token else None
+        if most is not None and len(text) > most:
+            raise ContextTooLong(
+                f"this model's context is {self.max_model_len} tokens; the prompt has {len(text)} characters, "
+                f"more than {self.max_model_len - 1} prompt tokens can hold (at most {self.chars_per_token} "
+                "characters each, by its vocabulary). Shorten the prompt")
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Token ids of one prompt (refused by its length first when that is sure to be too long).
+        It can take a while for a long text: a server calls it off the event loop."""
+        return self.encode_many([text])[0]
+
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of several prompts in one call (the fast tokenizer runs them in Rust, without
+        the GIL)."""
+        for text in texts:
+            self.check_length(text)
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def submit(self, prompt: list[int], params: SamplingParams) -> Stream:
         max_tokens = self.engine.check(prompt, params)
         return Stream(self.engine, prompt, params, max_tokens, self.observer)
 
+    def check_count(self, prompts: int, n: int) -> None:
+        """InvalidInput for a request of more prompts than the queue holds (it could never fit,
+        so no retry would help) or of more than MAX_SEQUENCES completions (prompts x n)."""
+        limit = self.engine.config.max_queue_size
+        if prompts > limit:
+            raise InvalidInput(f"the request has {prompts} prompts; model '{self.name}' queues at most "
+                               f"{limit} requests (max_queue_size), so it can never fit: send at most {limit}")
+        if prompts * n > MAX_SEQUENCES:
+            raise InvalidInput(f"the request asks for {prompts * n} completions ({prompts} prompts x n={n}); "
+                               f"one request may ask for at most {MAX_SEQUENCES}: send fewer prompts or a lower n")
+
     def submit_many(self, prompts: list[list[int]], params: SamplingParams) -> list[Stream]:
         """One client request of several prompts: every prompt is checked before any queues, a
         request that could never fit is refused (InvalidInput, not a retry), and when the queue
         fills part way the ones queued are cancelled."""
-        limit = self.engine.config.max_queue_size
-        if len(prompts) > limit:
-            raise InvalidInput(f"the request has {len(prompts)} prompts; model '{self.name}' queues at most "
-                               f"{limit} requests (max_queue_size), so it can never fit: send at most {limit}")
-        if len(prompts) * params.n > MAX_SEQUENCES:
-            raise InvalidInput(f"the request asks for {len(prompts) * params.n} completions ({len(prompts)} "
-                               f"prompts x n={params.n}); one request may ask for at most {MAX_SEQUENCES}: "
-                               "send fewer prompts or a lower n")
+        self.check_count(len(prompts), params.n)
         checked = [(p, self.engine.check(p, params)) for p in prompts]
         streams: list[Stream] = []
         try:

@@ -75,8 +75,7 @@ class Engine:
         params.check()
         if not prompt:
             raise InvalidInput("the prompt is empty; give at least one token")
-        if any(not 0 <= t < self.lm.vocab_size for t in prompt):
-            raise InvalidInput(f"prompt token ids must be in [0, {self.lm.vocab_size})")
+        # The length first: a prompt of millions of ids is refused before it is read id by id.
         room = self.max_model_len - len(prompt)
         if room < 1 or (params.max_tokens is not None and params.max_tokens > room):
             asked = f" + {params.max_tokens} max_tokens" if params.max_tokens is not None else ""
@@ -84,6 +83,8 @@ class Engine:
                 f"this model's context is {self.max_model_len} tokens; the request has "
                 f"{len(prompt)} prompt tokens{asked}. Shorten the prompt or lower max_tokens"
             )
+        if any(not 0 <= t < self.lm.vocab_size for t in prompt):
+            raise InvalidInput(f"prompt token ids must be in [0, {self.lm.vocab_size})")
         max_tokens = params.max_tokens or room
         need = self.lm.pool.blocks_for(len(prompt) + max_tokens) * params.n
         if need > self.lm.pool.num_blocks:

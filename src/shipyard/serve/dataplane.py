@@ -101,6 +101,9 @@ class DataPlane:
         self._shadows: set[asyncio.Task[None]] = set()
         # Loading and unloading block for seconds: they run here, off the event loop.
         self._admin = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipyard-admin")
+        # A request's own CPU work that would hold the event loop (tokenizing a long prompt):
+        # threads of its own, so it never waits behind a model loading in the admin ones.
+        self._work = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipyard-work")
         manager.batch_observer = self.metrics.batch_observer
         manager.generation_observer = self.metrics.generation_observer
 
@@ -108,9 +111,15 @@ class DataPlane:
         """Run a blocking call (loading a model) in the plane's admin threads."""
         return await asyncio.get_running_loop().run_in_executor(self._admin, fn, *args)
 
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a request's CPU-heavy step (tokenizing, rendering a long prompt) in the plane's
+        work threads, so every other request and channel keeps the event loop meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self._work, fn, *args)
+
     def close(self) -> None:
-        """Stop the admin threads (after `manager.close`)."""
+        """Stop the admin and work threads (after `manager.close`)."""
         self._admin.shutdown(wait=False)
+        self._work.shutdown(wait=False)
 
     # -- access ----------------------------------------------------------------------------
     def authorize(self, token: str | None, channel: str, model: str | None = None,

@@ -4,6 +4,12 @@ Each endpoint decodes the body, finds the model's engine through the data plane,
 answers as one JSON body or as server-sent events ending in `data: [DONE]`. Every failure is
 answered in OpenAI's error shape here (not by the app's V2-shaped handlers), with its status.
 A client that leaves, streaming or not, cancels its request at once.
+
+The body is read within `--max-request-bytes`, as on every channel. Work that grows with the
+prompt (rendering a chat template, tokenizing, detokenizing a whole answer's logprobs) runs in the
+data plane's work threads once it is past a small size, so one long prompt never holds the event
+loop that every channel shares; a prompt sure to be longer than the context is refused by its
+length before any of it is tokenized.
 """
 
 from __future__ import annotations
@@ -21,12 +27,17 @@ from starlette.responses import Response, StreamingResponse
 
 from shipyard.errors import InvalidInput, ShipyardError, Unavailable
 from shipyard.generate import EngineClient, Output, Stream
+from shipyard.serve.channels.http_util import read_body
 from shipyard.serve.channels.openai import convert
 from shipyard.serve.channels.openai.protocol import ChatCompletionRequest, CompletionRequest
+from shipyard.serve.dataplane import DataPlane
 
 log = logging.getLogger("shipyard.serve")
 router = APIRouter()
 DISCONNECT_POLL_S = 0.25
+# Up to this many characters of prompt are tokenized on the event loop (well under a millisecond,
+# less than the hop to a thread would cost); longer prompts in the data plane's work threads.
+INLINE_CHARS = 4096
 
 
 def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -44,8 +55,13 @@ def _error(exc: Exception, prompt_field: str = "prompt") -> Response:
     return _json(convert.error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"), 500)
 
 
+def _plane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.dataplane
+    return plane
+
+
 async def _body(request: Request) -> Any:
-    raw = await request.body()
+    raw = await read_body(request)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -53,6 +69,33 @@ async def _body(request: Request) -> Any:
     if isinstance(body, dict) and isinstance(body.get("model"), str):
         request.state.model = body["model"]  # so a request refused for its values is counted under its model
     return body
+
+
+async def _encode(request: Request, engine: EngineClient, texts: list[str]) -> list[list[int]]:
+    """Token ids of the prompts: short ones here, long ones in the work threads (a prompt sure to
+    be too long for the context is refused first, here, without a thread)."""
+    if sum(len(t) for t in texts) <= INLINE_CHARS:
+        return engine.encode_many(texts)
+    for text in texts:
+        engine.check_length(text)
+    return await _plane(request).offload(engine.encode_many, texts)
+
+
+async def _prompts(request: Request, engine: EngineClient, prompt: Any, n: int) -> list[list[int]]:
+    """The completion prompts as token ids: a string, a list of strings, token ids, or a list of
+    them. Their count is checked before any is tokenized."""
+    if isinstance(prompt, str):
+        items: list[str | list[int]] = [prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        items = [list(prompt)]
+    else:
+        items = [p if isinstance(p, str) else list(p) for p in prompt]
+    if not items:
+        raise InvalidInput("prompt is an empty list; give a string, a list of strings or token ids")
+    engine.check_count(len(items), n)
+    texts = [p for p in items if isinstance(p, str)]
+    encoded = iter(await _encode(request, engine, texts) if texts else [])
+    return [next(encoded) if isinstance(p, str) else p for p in items]
 
 
 async def _merged(streams: list[Stream]) -> AsyncIterator[tuple[int, Output]]:
@@ -163,15 +206,7 @@ async def _completions(request: Request) -> Response:
     req = CompletionRequest.model_validate(await _body(request))
     engine = _engine(request, req.model)
     params = convert.sampling_params(req)
-    prompt = req.prompt
-    if isinstance(prompt, str):
-        prompts = [engine.encode(prompt)]
-    elif prompt and all(isinstance(p, int) for p in prompt):
-        prompts = [list(prompt)]  # type: ignore[arg-type]
-    else:
-        prompts = [engine.encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[union-attr]
-    if not prompts:
-        raise InvalidInput("prompt is an empty list; give a string, a list of strings or token ids")
+    prompts = await _prompts(request, engine, req.prompt, params.n)
     streams = engine.submit_many(prompts, params)
     rid, created, n = convert.new_id("cmpl"), convert.now(), params.n
     prompt_tokens = sum(len(p) for p in prompts)
@@ -214,9 +249,14 @@ async def _completions(request: Request) -> Response:
                 if d.logprobs is not None and lps[i] is not None:
                     lps[i].extend(d.logprobs)  # type: ignore[union-attr]
                 finish[i] = d.finish_reason or finish[i]
+
+        def choices() -> list[dict[str, Any]]:
+            return [choice(i, texts[i], lps[i], 0, finish[i]) for i in range(len(texts))]
+
+        # Logprobs detokenize every token of the answer: in the work threads.
+        built = await _plane(request).offload(choices) if params.logprobs is not None else choices()
         return _json({"id": rid, "object": "text_completion", "created": created, "model": req.model,
-                      "choices": [choice(i, texts[i], lps[i], 0, finish[i]) for i in range(len(texts))],
-                      "usage": convert.usage(prompt_tokens, completion)})
+                      "choices": built, "usage": convert.usage(prompt_tokens, completion)})
 
     return await _unless_gone(request, whole(), streams)
 
@@ -225,7 +265,11 @@ async def _chat(request: Request) -> Response:
     req = ChatCompletionRequest.model_validate(await _body(request))
     engine = _engine(request, req.model)
     params = convert.sampling_params(req)
-    prompt = engine.encode(convert.chat_prompt(engine.tokenizer, req.messages))
+    if sum(len(m.text()) for m in req.messages) <= INLINE_CHARS:
+        text = convert.chat_prompt(engine.tokenizer, req.messages)
+    else:  # a template renders in Python, at a pace that grows with the messages
+        text = await _plane(request).offload(convert.chat_prompt, engine.tokenizer, req.messages)
+    prompt = (await _encode(request, engine, [text]))[0]
     streams = engine.submit_many([prompt], params)
     rid, created, tok = convert.new_id("chatcmpl"), convert.now(), engine.tokenizer
 
@@ -264,11 +308,15 @@ async def _chat(request: Request) -> Response:
                 completion += len(d.token_ids)
                 lps[d.index].extend(d.logprobs or [])
                 finish[d.index] = d.finish_reason or finish[d.index]
-        choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
-                    "logprobs": convert.chat_logprobs(tok, lps[i]) if params.logprobs is not None else None,
-                    "finish_reason": finish[i]} for i in range(params.n)]
+
+        def choices() -> list[dict[str, Any]]:
+            return [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+                     "logprobs": convert.chat_logprobs(tok, lps[i]) if params.logprobs is not None else None,
+                     "finish_reason": finish[i]} for i in range(params.n)]
+
+        built = await _plane(request).offload(choices) if params.logprobs is not None else choices()
         return _json({"id": rid, "object": "chat.completion", "created": created, "model": req.model,
-                      "choices": choices, "usage": convert.usage(len(prompt), completion)})
+                      "choices": built, "usage": convert.usage(len(prompt), completion)})
 
     return await _unless_gone(request, whole(), streams)
 
