@@ -75,6 +75,9 @@ def grpc_code(fn: object, *args: object) -> str:
 
 def test_http_needs_a_key_but_health_is_open(server: ServerProcess, keys: dict[str, str]) -> None:
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    assert httpx.get(f"{server.url}/health").status_code == 200  # vLLM's probe
+    assert httpx.get(f"{server.url}/").json() == {"status": "alive"}  # KServe V1's
+    assert httpx.get(f"{server.url}/v2/models/digits/config", timeout=10).status_code == 401
     r = infer_v2(server, None)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "API key" in r.json()["error"]
     assert infer_v2(server, "sy_notarealkeyatall").status_code == 401

@@ -173,3 +173,25 @@ def test_adaptive_batching_answers_each_client_its_own_rows(serve_repo: Reposito
         assert sum(int(k) * v for k, v in sizes.items()) == 200
     finally:
         assert server.stop() == 0
+
+
+def test_model_config_over_http(client: http.InferenceServerClient, server: ServerProcess) -> None:
+    """tritonclient.http's get_model_config got 404 (gRPC had it): the same config, as Triton's JSON."""
+    cfg = client.get_model_config("digits")
+    assert cfg["name"] == "digits" and cfg["max_batch_size"] == 32 and cfg["platform"] == "onnx"
+    assert [(i["name"], i["data_type"], i["dims"]) for i in cfg["input"]] == [("pixels", "TYPE_FP32", [1, 8, 8])]
+    assert [(o["name"], o["data_type"]) for o in cfg["output"]] == [("logits", "TYPE_FP32")]
+    assert "dynamic_batching" in cfg and set(cfg["version_policy"]) <= {"all", "latest", "specific"}
+    assert client.get_model_config("digits", "1")["platform"] == "torch-export"
+    assert client.get_model_config("id_bytes")["input"][0]["data_type"] == "TYPE_STRING"
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+        client.get_model_config("nope")
+    assert httpx.get(f"{server.url}/v2/models/digits/versions/x/config").status_code == 400
+
+
+def test_the_health_paths_other_servers_use(server: ServerProcess) -> None:
+    """vLLM, TGI and SGLang's `GET /health` (GuideLLM waits for it) and KServe V1's `GET /`."""
+    r = httpx.get(f"{server.url}/health", timeout=10)
+    assert r.status_code == 200 and r.content == b""
+    r = httpx.get(f"{server.url}/", timeout=10)
+    assert r.status_code == 200 and r.json() == {"status": "alive"}

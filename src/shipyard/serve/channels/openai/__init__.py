@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shipyard.serve.channels import Channel, HttpPath
+from shipyard.serve.channels.openai.protocol import HEALTH
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -18,4 +19,5 @@ def mount(app: FastAPI) -> None:
 
 # The rest of /v1 (after rest_v1's model paths): the model is named in the body, so the routes
 # check it against the key themselves.
-CHANNEL = Channel(name="openai", mount=mount, paths=(HttpPath(r"/v1/", fallback=True),))
+CHANNEL = Channel(name="openai", mount=mount, paths=(HttpPath(r"/v1/", fallback=True),),
+                  open_paths=frozenset({HEALTH}))

@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The probe of vLLM, TGI and SGLang, which OpenAI-style tools (GuideLLM) wait for.
+HEALTH = "/health"
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = False

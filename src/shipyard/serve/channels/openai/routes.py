@@ -29,7 +29,7 @@ from shipyard.errors import InvalidInput, ShipyardError, Unavailable
 from shipyard.generate import EngineClient, Output, Stream
 from shipyard.serve.channels.http_util import read_body
 from shipyard.serve.channels.openai import convert
-from shipyard.serve.channels.openai.protocol import ChatCompletionRequest, CompletionRequest
+from shipyard.serve.channels.openai.protocol import HEALTH, ChatCompletionRequest, CompletionRequest
 from shipyard.serve.dataplane import DataPlane
 
 log = logging.getLogger("shipyard.serve")
@@ -190,6 +190,12 @@ def _guarded(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request]
     endpoint.__name__ = fn.__name__
     endpoint.__doc__ = fn.__doc__
     return endpoint
+
+
+@router.get(HEALTH)
+async def health(request: Request) -> Response:
+    """200 once the server is ready (its models loaded), 503 before, with no body, as vLLM's."""
+    return Response(status_code=200 if request.app.state.ready else 503)
 
 
 @router.get("/v1/models")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shipyard.serve.channels import Channel, HttpPath
+from shipyard.serve.channels.rest_v1.protocol import LIVENESS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -20,4 +21,5 @@ CHANNEL = Channel(
     name="rest_v1",
     mount=mount,
     paths=(HttpPath(r"/v1/models/(?P<model>[^/:]+)(?:/versions/[^/:]+)?(?::predict)?$"),),
+    open_paths=frozenset({LIVENESS}),
 )

@@ -14,5 +14,8 @@ PREDICTIONS = "predictions"
 OUTPUTS = "outputs"
 B64 = "b64"
 
+# KServe V1's server liveness: GET / -> {"status": "alive"}.
+LIVENESS = "/"
+
 # TF Serving's model status states (GetModelStatus), by shipyard's load states.
 STATE = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNAVAILABLE": "END"}

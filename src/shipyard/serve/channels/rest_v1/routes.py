@@ -10,7 +10,7 @@ from starlette.responses import Response
 from shipyard.errors import InvalidInput
 from shipyard.serve.channels.http_util import json_response, parse_version, read_body
 from shipyard.serve.channels.rest_v1.convert import decode_request, encode_response
-from shipyard.serve.channels.rest_v1.protocol import STATE
+from shipyard.serve.channels.rest_v1.protocol import LIVENESS, STATE
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.types import InferRequest
 
@@ -20,6 +20,12 @@ CHANNEL = "rest_v1"
 
 _json = json_response
 _version = parse_version
+
+
+@router.get(LIVENESS)
+async def live() -> Response:
+    """KServe V1's liveness probe."""
+    return _json({"status": "alive"})
 
 
 @router.get("/v1/models/{model}")

@@ -142,3 +142,25 @@ def encode_response(response: InferResponse, request: InferRequest, binary_defau
         "content-type": BINARY_CONTENT_TYPE,
         HEADER_LENGTH: str(len(head)),
     }
+
+
+def config_document(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The data plane's model config in Triton's JSON form (the gRPC channel sends the same as a
+    ModelConfig message): `TYPE_*` data types, BYTES as TYPE_STRING, the version policy as an object."""
+    def tensors(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"name": s["name"], "dims": s["dims"],
+                 "data_type": "TYPE_STRING" if s["datatype"] == "BYTES" else f"TYPE_{s['datatype']}"}
+                for s in specs]
+
+    policy = cfg["version_policy"]
+    doc: dict[str, Any] = {
+        "name": cfg["name"], "platform": cfg["platform"], "backend": cfg["backend"],
+        "max_batch_size": cfg["max_batch_size"],
+        "version_policy": {"all": {}} if policy == "all" else (
+            {"specific": {"versions": cfg["versions"]}} if policy == "specific" else {"latest": {"num_versions": 1}}),
+        "input": tensors(cfg["inputs"]), "output": tensors(cfg["outputs"]),
+        "instance_group": [{"name": cfg["name"], "count": 1, "kind": "KIND_CPU"}],
+    }
+    if cfg["max_batch_size"] > 0:
+        doc["dynamic_batching"] = {"max_queue_delay_microseconds": cfg["max_queue_delay_us"]}
+    return doc

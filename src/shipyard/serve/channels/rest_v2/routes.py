@@ -23,7 +23,7 @@ from shipyard.protocol.v2 import (
 )
 from shipyard.serve.channels.http_errors import internal_error_handler, shipyard_error_handler
 from shipyard.serve.channels.http_util import json_response, parse_version, read_body
-from shipyard.serve.channels.rest_v2.convert import decode_request, encode_response
+from shipyard.serve.channels.rest_v2.convert import config_document, decode_request, encode_response
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.types import InferRequest
 
@@ -70,6 +70,13 @@ async def model_stats(request: Request, model: str | None = None, version: str |
 @router.get(VERSIONED)
 async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
     return _json(_plane(request).model_metadata(model, _version(version)))
+
+
+@router.get(MODEL + "/config")
+@router.get(VERSIONED + "/config")
+async def model_config(request: Request, model: str, version: str | None = None) -> Response:
+    """Triton's model configuration as JSON (what tritonclient.http `get_model_config` reads)."""
+    return _json(config_document(_plane(request).model_config(model, _version(version))))
 
 
 @router.get(MODEL + "/ready")
