@@ -63,6 +63,11 @@ class PermissionDenied(ShipyardError):
     the model exists, so keys cannot be used to probe the repository."""
 
 
+class Disconnected(ShipyardError):
+    """The client closed its connection before its request was read or answered: there is no one
+    to answer, so it is counted (as cancelled) and logged in one line, not as a failure."""
+
+
 class RateLimited(ShipyardError):
     """A key that is over its request rate; `retry_after` says when a token is free again."""
 

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
@@ -39,6 +40,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "digits": make_key(file, "--models", "digits", "--name", "digits-only"),
         "grpc": make_key(file, "--channels", "grpc_v2", "--name", "grpc-only"),
         "slow": make_key(file, "--models", "digits", "--rate", "0.5", "--burst", "2", "--name", "limited"),
+        "ops": make_key(file, "--admin", "--name", "ops"),
+        "ops-digits": make_key(file, "--admin", "--models", "digits", "--name", "ops-digits"),
     }
 
 
@@ -217,3 +220,56 @@ def test_concurrent_grpc_calls_never_share_a_key(server: ServerProcess, keys: di
             assert error is None and result is not None, (i, error)
         else:
             assert error is not None and "UNAUTHENTICATED" in str(error.status()), (i, error)  # type: ignore[union-attr]
+
+
+def refusal(fn: object, *args: object, **kwargs: object) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as e:
+        fn(*args, **kwargs)  # type: ignore[operator]
+    return e.value
+
+
+def test_repository_control_needs_the_admin_scope(server: ServerProcess, keys: dict[str, str]) -> None:
+    """A key made with `--models digits` could unload digits, and every client then got 503
+    (issue 13 D4): loading and unloading now need a key made with --admin, over REST and gRPC."""
+    rest, rpc = thttp.InferenceServerClient(server.url[len("http://"):]), tgrpc.InferenceServerClient(server.grpc_url)
+    for key in (keys["digits"], keys["all"]):
+        for client, forbidden in ((rest, "403"), (rpc, "StatusCode.PERMISSION_DENIED")):
+            for action in (client.unload_model, client.load_model):
+                e = refusal(action, "digits", headers=auth(key))
+                assert str(e.status()) == forbidden, e
+                assert "admin scope" in e.message() and "shipyard keys create --admin" in e.message(), e
+    assert infer_v2(server, keys["digits"]).status_code == 200  # still loaded: nothing was unloaded
+    # The index stays open to every key (its models only).
+    assert {m["name"] for m in rest.get_model_repository_index(headers=auth(keys["digits"]))} == {"digits"}
+    # An admin key may, over either transport; an admin key of some models, for those models only.
+    e = refusal(rest.unload_model, "two", headers=auth(keys["ops-digits"]))
+    assert str(e.status()) == "403" and "may not use model 'two'" in e.message()
+    for unload, load in ((rest.unload_model, rpc.load_model), (rpc.unload_model, rest.load_model)):
+        unload("two", headers=auth(keys["ops"]))
+        assert not rest.is_model_ready("two", headers=auth(keys["ops"]))
+        load("two", headers=auth(keys["ops"]))
+        assert rest.is_model_ready("two", headers=auth(keys["ops"]))
+    rpc.load_model("digits", headers=auth(keys["ops-digits"]))
+    assert infer_v2(server, keys["digits"]).status_code == 200
+
+
+def test_metrics_show_a_key_only_its_models(server: ServerProcess, keys: dict[str, str]) -> None:
+    """A digits-only key read every model's lines, 205 of them for code-lm (issue 13 D7)."""
+    two = {"inputs": [{"name": n, "datatype": "FP32", "shape": [1, 4], "data": [1.0] * 4} for n in ("a", "b")]}
+    assert httpx.post(f"{server.url}/v2/models/two/infer", json=two, headers=auth(keys["all"]),
+                      timeout=30).status_code == 200
+    assert infer_v2(server, keys["digits"]).status_code == 200
+
+    def models(key: str) -> tuple[set[str], set[str]]:
+        """The model labels a key reads, and the names of the samples without one."""
+        r = httpx.get(f"{server.url}/metrics", headers=auth(key), timeout=10)
+        assert r.status_code == 200, r.text
+        samples = [s for f in text_string_to_metric_families(r.text) for s in f.samples]
+        return {s.labels["model"] for s in samples if "model" in s.labels}, \
+            {s.name for s in samples if "model" not in s.labels}
+
+    everything, process = models(keys["all"])
+    assert {"digits", "two", "slow", "broken"} <= everything and "process_resident_memory_bytes" in process
+    assert models(keys["digits"]) == ({"digits"}, process)  # process-wide lines stay
+    assert models(keys["slow"])[0] == {"digits"}
+    assert models(keys["ops-digits"])[0] == everything  # the admin scope reads it all

@@ -61,7 +61,7 @@ WIRE = {
     errors.Unavailable: (503, "UNAVAILABLE"), errors.IntegrityError: (500, "INTERNAL"),
     errors.InferenceFailed: (500, "INTERNAL"), errors.TrainingFailed: (400, "INVALID_ARGUMENT"),
     errors.Unauthenticated: (401, "UNAUTHENTICATED"), errors.PermissionDenied: (403, "PERMISSION_DENIED"),
-    errors.RateLimited: (429, "RESOURCE_EXHAUSTED"),
+    errors.RateLimited: (429, "RESOURCE_EXHAUSTED"), errors.Disconnected: (499, "CANCELLED"),
 }
 
 
@@ -71,6 +71,30 @@ def test_every_error_class_has_its_status_on_each_transport() -> None:
     for cls, (http, grpc) in WIRE.items():
         exc = cls("x", 1.0) if cls in (errors.Unavailable, errors.RateLimited) else cls("x")
         assert (status.http_status(exc), status.grpc_code(exc)) == (http, grpc), cls.__name__
+
+
+def test_every_client_fault_is_counted_as_the_clients_never_as_an_error() -> None:
+    """A 400 for `temperature: -1` was counted as `error`, the outcome kept for the server's
+    faults (issue 13 metrics conventions): each 4xx class counts as `invalid` or an outcome of its
+    own, each 5xx as `error` or `unavailable`."""
+    from pydantic import BaseModel, Field, ValidationError
+
+    from shipyard.serve.metrics import outcome_of
+
+    own = {errors.Unauthenticated: "unauthenticated", errors.PermissionDenied: "forbidden",
+           errors.RateLimited: "rate_limited", errors.NotFound: "not_found", errors.Disconnected: "cancelled"}
+    for cls, (http, _) in WIRE.items():
+        exc = cls("x", 1.0) if cls in (errors.Unavailable, errors.RateLimited) else cls("x")
+        expected = own.get(cls, "invalid") if http < 500 else {errors.Unavailable: "unavailable"}.get(cls, "error")
+        assert outcome_of(exc) == expected, cls.__name__
+
+    class Body(BaseModel):
+        temperature: float = Field(ge=0)
+
+    with pytest.raises(ValidationError) as e:
+        Body(temperature=-1)
+    assert outcome_of(e.value) == "invalid"
+    assert outcome_of(RuntimeError("a bug")) == "error"
 
 
 def test_a_client_raises_the_broad_class_where_codes_are_shared() -> None:

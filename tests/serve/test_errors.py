@@ -202,3 +202,44 @@ def test_loading_an_unknown_model_names_neither_the_folder_nor_the_others(server
     r = post(server, "/v2/repository/models/nope/load")
     assert r.status_code == 404 and r.json()["error"] == "model 'nope' is not in the repository"
     assert str(serve_repo.root) not in r.text and "digits" not in r.text
+
+
+def requests_total(server: ServerProcess, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "shipyard_requests_total" and labels.items() <= s.labels.items())
+
+
+def upload_then_leave(server: ServerProcess, path: str) -> None:
+    """Declare a 1,000,000-byte body, send 1,000 bytes of it, and hang up."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  "Content-Length: 1000000\r\n\r\n".encode() + b"[" * 1000)
+
+
+@pytest.mark.parametrize(("path", "channel"), [("/v2/models/digits/infer", "rest_v2"),
+                                               ("/v1/models/digits:predict", "rest_v1"),
+                                               ("/v2/models/digits/versions/2/infer", "rest_v2")])
+def test_a_client_that_leaves_mid_upload_is_counted_as_cancelled_not_logged_as_an_error(
+        server: ServerProcess, path: str, channel: str) -> None:
+    """Each aborted upload logged an ERROR with a whole traceback (210 of them for 210 uploads),
+    and was not counted (issue 13 D8)."""
+    labels = {"model": "digits", "channel": channel, "outcome": "cancelled"}
+    before, logged = requests_total(server, **labels), len(server.output())
+    for _ in range(3):
+        upload_then_leave(server, path)
+    wait_for(lambda: requests_total(server, **labels) == before + 3)
+    still_serving(server)
+    new = server.output()[logged:]
+    assert "ERROR" not in new and "Traceback" not in new, new
+    assert new.count("INFO") <= 3, new  # at most one line each
+    assert requests_total(server, **labels) == before + 3
+    upload_then_leave(server, "/v2/repository/models/digits/load")  # not an inference: logged the same way
+    still_serving(server)
+    wait_for(lambda: server.output().count("INFO", logged) > new.count("INFO"), timeout=10)
+    new = server.output()[logged:]
+    assert "ERROR" not in new and "Traceback" not in new, new

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -94,3 +95,35 @@ def test_serve_refuses_a_missing_key_file(tmp_path: Path) -> None:
     out = subprocess.run([*SHIPYARD, "keys", "create", "--file", str(tmp_path / "k.yaml"), "--rate", "0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "0.001" in out.stderr
+
+
+def test_the_admin_scope_is_off_unless_asked_for_and_old_files_still_load(tmp_path: Path) -> None:
+    """Any key could load and unload models (issue 13 D4): repository control is now a scope."""
+    file = tmp_path / "keys.yaml"
+    plain, _ = create_key(file, models=["digits"])
+    admin, record = create_key(file, admin=True)
+    assert record.admin and not read_keys(file).keys[0].admin
+    guard = Guard(file)
+    with pytest.raises(PermissionDenied, match=r"may not unload models: .*admin scope.*shipyard keys create --admin"):
+        Guard.check_admin(guard.authorize(plain, "rest_v2", "digits"), "unload")
+    Guard.check_admin(guard.authorize(admin, "rest_v2", "digits"), "unload")
+    # A file written before the scope existed: its keys load, none of them admin.
+    old = tmp_path / "old.yaml"
+    old.write_text("keys:\n- id: 0123456789ab\n  name: old\n  salt: 00ff\n  hash: abcd\n  models: ['*']\n"
+                   "  channels: ['*']\n  created: '2026-01-01T00:00:00+00:00'\n")
+    assert [(k.name, k.admin) for k in read_keys(old).keys] == [("old", False)]
+
+
+def test_keys_list_shows_the_scope(tmp_path: Path) -> None:
+    file = tmp_path / "keys.yaml"
+    made = subprocess.run([*SHIPYARD, "keys", "create", "--file", str(file), "--admin", "--name", "ops"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert "admin" in made.stderr
+    create_key(file, name="client", models=["digits"])
+    out = subprocess.run([*SHIPYARD, "keys", "list", "--file", str(file), "--json"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert [(k["name"], k["admin"]) for k in json.loads(out)] == [("ops", True), ("client", False)]
+    table = subprocess.run([*SHIPYARD, "keys", "list", "--file", str(file)], capture_output=True, text=True,
+                           timeout=60, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    rows = {line.split("│")[2].strip(): line for line in table.splitlines() if line.count("│") > 3}
+    assert "admin" in rows["ops"] and "inference" in rows["client"] and "admin" not in rows["client"], table

@@ -103,3 +103,62 @@ def test_a_client_that_leaves_is_counted_as_cancelled(server: ServerProcess) -> 
     # Only finished requests have an end-to-end time.
     assert value(after, "shipyard_generation_duration_seconds_count") == \
         value(before, "shipyard_generation_duration_seconds_count")
+
+
+def openai_requests(server: ServerProcess) -> dict[tuple[str, str], float]:
+    """shipyard_requests_total of the openai channel for model `lm`: (version, outcome) -> count."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return {(s.labels["version"], s.labels["outcome"]): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "shipyard_requests_total" and s.labels["channel"] == "openai"
+            and s.labels["model"] == "lm"}
+
+
+def grown(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+def wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not seen within 30 s"
+        time.sleep(0.02)
+
+
+def test_requests_total_counts_what_each_openai_request_became(server: ServerProcess, client: openai.OpenAI) -> None:
+    """A streaming client that hung up was counted `success` (the generation counter said
+    `cancelled`), a 400 for `temperature: -1` was an `error`, and every row said version=""
+    where the generation metrics say "1" (issue 13 metrics conventions)."""
+    before = openai_requests(server)
+    client.completions.create(model="lm", prompt="def add(a, b):", max_tokens=3, **GREEDY)
+    assert len(list(client.chat.completions.create(model="lm", messages=CHAT, max_tokens=3,  # type: ignore[arg-type]
+                                                   stream=True, **GREEDY))) > 1
+    assert grown(before, openai_requests(server)) == {("1", "success"): 2}
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="lm", prompt="def", max_tokens=2, temperature=-1)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="lm", messages=CHAT, max_tokens=2, n=0)  # type: ignore[arg-type]
+    assert grown(before, openai_requests(server)) == {("1", "success"): 2, ("", "invalid"): 2}
+    # A streaming client that hangs up after three chunks of 4,000 tokens.
+    stream = client.completions.create(model="lm", prompt="for i in", max_tokens=4000, stream=True, **GREEDY)
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    wait_for(lambda: openai_requests(server).get(("1", "cancelled"), 0) > before.get(("1", "cancelled"), 0),
+             "the stream's cancellation")
+    assert grown(before, openai_requests(server)) == {("1", "success"): 2, ("", "invalid"): 2, ("1", "cancelled"): 1}
+
+
+def test_a_client_that_leaves_before_a_whole_answer_is_counted_as_cancelled(server: ServerProcess) -> None:
+    import socket
+
+    before = openai_requests(server)
+    body = b'{"model": "lm", "prompt": "import", "max_tokens": 4000, "ignore_eos": true}'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_for(lambda: value(scrape(server), "shipyard_running_sequences") == 1, "the generation")
+    wait_for(lambda: grown(before, openai_requests(server)), "the count")
+    assert grown(before, openai_requests(server)) == {("1", "cancelled"): 1}
+    wait_for(lambda: value(scrape(server), "shipyard_running_sequences") == 0, "its slot freed")
+    assert "Traceback" not in server.output()

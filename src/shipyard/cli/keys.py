@@ -32,21 +32,24 @@ def create(
     rate: Annotated[float | None, typer.Option(min=0.001, help="Requests per second allowed (token bucket); default unlimited.")] = None,
     burst: Annotated[int | None, typer.Option(min=1, help="Requests allowed at once above the rate (bucket size).")] = None,
     name: Annotated[str, typer.Option(help="A label: who or what uses this key.")] = "",
+    admin: Annotated[bool, typer.Option("--admin", help="Admin scope: may also load and unload models "
+                                        "(repository control) and read every model's metrics. Off by default.")] = False,
 ) -> None:
     """Make a new key; it is printed once and only its salted hash is stored."""
     from shipyard.cli.common import run
     from shipyard.serve.auth import create_key
 
     key, record = run(create_key, file, name=name, models=_split(models), channels=_split(channels),
-                      rate=rate, burst=burst)
+                      rate=rate, burst=burst, admin=admin)
     typer.echo(key)
-    typer.echo(f"key {record.id} ({', '.join(record.models)} over {', '.join(record.channels)}) added to {file}; "
-               "it is shown only now", err=True)
+    scope = "; admin: may load and unload" if record.admin else ""
+    typer.echo(f"key {record.id} ({', '.join(record.models)} over {', '.join(record.channels)}{scope}) added to "
+               f"{file}; it is shown only now", err=True)
 
 
 @keys_app.command("list")
 def list_keys(file: FileOpt, as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
-    """Every key's id, name, models, channels and rate (never a secret: the file has none)."""
+    """Every key's id, name, models, channels, scope and rate (never a secret: the file has none)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -58,9 +61,9 @@ def list_keys(file: FileOpt, as_json: Annotated[bool, typer.Option("--json", hel
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("id", "name", "models", "channels", "rate/s", "burst", "created")
+    table = Table("id", "name", "models", "channels", "scope", "rate/s", "burst", "created")
     for k in keys:
-        table.add_row(k.id, k.name, ",".join(k.models), ",".join(k.channels),
+        table.add_row(k.id, k.name, ",".join(k.models), ",".join(k.channels), "admin" if k.admin else "inference",
                       f"{k.rate:g}" if k.rate else "-", str(k.burst or "-"), k.created)
     Console().print(table)
 

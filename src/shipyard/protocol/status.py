@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from shipyard.errors import (
     Conflict,
+    Disconnected,
     InferenceFailed,
     IntegrityError,
     InvalidInput,
@@ -40,6 +41,7 @@ HTTP: dict[type[ShipyardError], int] = {
     UnsafeModel: 400,
     Conflict: 409,
     IntegrityError: 500,
+    Disconnected: 499,  # nginx's "client closed request": no one reads it, the access log does
 }
 
 # gRPC status code names (`grpc.StatusCode[name]`): names, so the table needs no grpc import.
@@ -56,6 +58,7 @@ GRPC: dict[type[ShipyardError], str] = {
     UnsafeModel: "FAILED_PRECONDITION",
     Conflict: "ALREADY_EXISTS",
     IntegrityError: "INTERNAL",
+    Disconnected: "CANCELLED",
 }
 
 

@@ -5,7 +5,9 @@ never the secret itself. A key is `sy_<id><secret>`: the id finds the record, th
 secret. Secrets are 256 random bits, so a fast salted hash is enough (a slow password hash guards
 low-entropy secrets and would cost milliseconds on every request).
 
-Each record names the models and channels the key may use (`*` for all, shell patterns allowed)
+Each record names the models and channels the key may use (`*` for all, shell patterns allowed),
+whether it holds the admin scope (repository control: loading and unloading models; off unless
+made with `shipyard keys create --admin`, and off for records written before the scope existed)
 and an optional token bucket (`rate` requests per second, `burst` at most), which holds across
 every channel because all channels call the one `Guard`. The file is re-read when it changes, at
 most once a second, so keys are created, rotated and revoked without a restart.
@@ -38,6 +40,8 @@ RELOAD_CHECK_S = 1.0
 VERIFIED_MAX = 10_000
 # Where a request's key is refused: the same words whether or not the model exists.
 DENIED = "this API key may not use model '{model}'"
+NOT_ADMIN = ("this API key may not {action} models: repository control needs the admin scope; "
+             "make a key that has it with `shipyard keys create --admin`")
 
 
 class KeyRecord(BaseModel):
@@ -52,6 +56,7 @@ class KeyRecord(BaseModel):
     models: list[str] = Field(default_factory=lambda: ["*"], description="Models it may use; '*' or shell patterns.")
     channels: list[str] = Field(default_factory=lambda: ["*"],
                                 description="Channels it may use: rest_v2, grpc_v2, rest_v1, metrics, ... or '*'.")
+    admin: bool = Field(False, description="Repository control: may load and unload models (the ones it may use).")
     rate: float | None = Field(None, gt=0, description="Requests per second (token bucket refill); none: unlimited.")
     burst: int | None = Field(None, ge=1, description="Bucket size: requests allowed at once (default: rate, at least 1).")
     created: str = Field("", description="When the key was made (UTC, ISO 8601).")
@@ -94,14 +99,14 @@ def write_keys(path: Path, keys: KeyFile) -> None:
 
 
 def create_key(path: Path, name: str = "", models: list[str] | None = None, channels: list[str] | None = None,
-               rate: float | None = None, burst: int | None = None) -> tuple[str, KeyRecord]:
+               rate: float | None = None, burst: int | None = None, admin: bool = False) -> tuple[str, KeyRecord]:
     """Add a new key to the file; returns the key (shown once, stored nowhere) and its record."""
     keys = read_keys(path)
     key_id = secrets.token_hex(ID_CHARS // 2)
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
     record = KeyRecord(id=key_id, name=name, salt=salt, hash=_digest(salt, secret),
-                       models=models or ["*"], channels=channels or ["*"], rate=rate, burst=burst,
+                       models=models or ["*"], channels=channels or ["*"], admin=admin, rate=rate, burst=burst,
                        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     keys.keys.append(record)
     write_keys(path, keys)
@@ -199,6 +204,12 @@ class Guard:
     def check_model(record: KeyRecord, model: str) -> None:
         if not record.allows(record.models, model):
             raise PermissionDenied(DENIED.format(model=model))
+
+    @staticmethod
+    def check_admin(record: KeyRecord | None, action: str) -> None:
+        """PermissionDenied unless the key holds the admin scope (`action`: load, unload)."""
+        if record is None or not record.admin:
+            raise PermissionDenied(NOT_ADMIN.format(action=action))
 
     def take(self, record: KeyRecord) -> None:
         """Spend one token of the key's bucket, or say how long until one is free."""

@@ -18,7 +18,7 @@ from shipyard.errors import InvalidInput, NotFound, ShipyardError, shown
 from shipyard.repository import Signature, TensorSpec
 from shipyard.serve.auth import Guard, KeyRecord
 from shipyard.serve.manager import READY, LoadedVersion, ModelManager
-from shipyard.serve.metrics import OTHER, Metrics
+from shipyard.serve.metrics import OTHER, Metrics, Tally
 from shipyard.serve.routing import Router
 from shipyard.serve.types import InferRequest, InferResponse, Route, VersionStatus
 from shipyard.tensors import Tensor, numpy_dtype
@@ -137,6 +137,14 @@ class DataPlane:
         """Whether a listing shown to this key may name the model."""
         return key is None or key.allows(key.models, model)
 
+    def metrics_text(self, key: KeyRecord | None) -> bytes:
+        """The Prometheus exposition this key may read: every line for a key of all models (or
+        the admin scope, or with auth off); otherwise the lines labelled with another model
+        (`_other` included) are left out, and the process-wide ones stay."""
+        if key is None or key.admin or "*" in key.models:
+            return self.metrics.exposition()
+        return self.metrics.exposition(lambda model: key.allows(key.models, model))
+
     # -- health and metadata ---------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "shipyard", "version": __version__, "extensions": EXTENSIONS}
@@ -208,14 +216,29 @@ class DataPlane:
         rows = [r for r in self.manager.index() if self.visible(key, r["name"])]
         return [r for r in rows if r["state"] == READY] if ready_only else rows
 
-    async def load(self, name: str) -> None:
-        """(Re)load a model; InvalidInput naming each version's reason when none is ready."""
+    def check_admin(self, key: KeyRecord | None, channel: str, model: str, action: str) -> None:
+        """Repository control needs a key with the admin scope when auth is on (the gate has
+        already checked the key's right to the channel and the model); a refusal is counted."""
+        if self.guard is None:
+            return
+        try:
+            Guard.check_admin(key, action)
+        except ShipyardError as e:
+            self.metrics.record_error(model, None, channel, e, time.perf_counter())
+            raise
+
+    async def load(self, name: str, key: KeyRecord | None = None, channel: str = "") -> None:
+        """(Re)load a model; InvalidInput naming each version's reason when none is ready. With
+        auth on, `key` (the caller's, on `channel`) must hold the admin scope."""
+        self.check_admin(key, channel, name, "load")
         entry = await self.run_blocking(self.manager.load, name)
         if not entry.ready_versions():
             reasons = "; ".join(f"version {v}: {lv.reason}" for v, lv in sorted(entry.versions.items()))
             raise InvalidInput(f"failed to load '{name}': {reasons or 'no versions to load'}")
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, key: KeyRecord | None = None, channel: str = "") -> None:
+        """Unload a model (as `load`, the key must hold the admin scope when auth is on)."""
+        self.check_admin(key, channel, name, "unload")
         await self.run_blocking(self.manager.unload, name)
 
     # -- inference ---------------------------------------------------------------------------
@@ -254,16 +277,19 @@ class DataPlane:
         self.metrics.record(request.model, response.version, channel, "success", start)
         return request, response
 
-    async def count(self, channel: str, model: Callable[[], str], work: Callable[[], Awaitable[T]]) -> T:
+    async def count(self, channel: str, work: Callable[[Tally], Awaitable[T]]) -> T:
         """Run one call of a channel that does not go through `infer` (a generation), counted
-        the same way: its outcome and time, under the model `model()` names once it is done."""
-        start = time.perf_counter()
+        the same way: `work` names the model and version on its tally as it learns them, and the
+        count is its outcome and time when it returns or raises, or, when it deferred the tally
+        (a stream), when the stream settles it."""
+        tally = Tally(self.metrics, channel)
         try:
-            result = await work()
-        except Exception as e:
-            self.metrics.record_error(model(), None, channel, e, start)
+            result = await work(tally)
+        except BaseException as e:
+            tally.settle(e)
             raise
-        self.metrics.record(model(), None, channel, "success", start)
+        if not tally.deferred:
+            tally.settle("success")
         return result
 
     async def _infer(self, request: InferRequest) -> InferResponse:
@@ -287,8 +313,9 @@ class DataPlane:
         )
 
     # -- generation (the OpenAI channel) -----------------------------------------------------
-    def generator(self, model: str) -> Any:
-        """The generation engine of a causal LM ('name' or 'name:version'), as an EngineClient."""
+    def generator(self, model: str) -> tuple[str, int, Any]:
+        """The name, the version that answers and the generation engine (an EngineClient) of a
+        causal LM ('name' or 'name:version')."""
         from shipyard.repository import parse_ref
 
         name, version = parse_ref(model)
@@ -297,7 +324,7 @@ class DataPlane:
             served = ", ".join(n for n, _, _ in self.generative_models()) or "none loaded"
             raise NotFound(f"model '{model}' is a {lv.platform} model, not a generative one; "
                            f"models that generate text here: {served}")
-        return lv.engine
+        return name, lv.version, lv.engine
 
     def generative_models(self) -> list[tuple[str, int, int]]:
         """(name, created unix time, context length) of each ready causal LM."""

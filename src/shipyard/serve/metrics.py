@@ -34,8 +34,11 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from pydantic import ValidationError
 
 from shipyard.errors import (
+    Disconnected,
     InferenceFailed,
     IntegrityError,
     InvalidInput,
@@ -54,9 +57,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "_other"
 
 # Outcome label of each error class, looked up along the class's MRO (a new error class is
-# counted as its nearest listed ancestor); anything else is an "error".
+# counted as its nearest listed ancestor); anything else is an "error". Every client fault (a 4xx
+# in `shipyard.protocol.status`) has an outcome of its own or "invalid", never "error", which is
+# kept for the server's faults.
 OUTCOMES: dict[type[BaseException], str] = {
     asyncio.CancelledError: "cancelled",  # the client went away before the answer
+    Disconnected: "cancelled",  # ... or before its request was all sent
+    ValidationError: "invalid",  # a body that fails its schema (the OpenAI channel's models)
     ShipyardError: "invalid",
     Unauthenticated: "unauthenticated",
     PermissionDenied: "forbidden",
@@ -205,8 +212,54 @@ class Metrics:
         """Drop cached children of an unloaded model (their series stay, with their last values)."""
         self._children = {k: v for k, v in self._children.items() if k[0] != model}
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, allows: Callable[[str], bool] | None = None) -> bytes:
+        """The text format; with `allows`, only the samples whose model label it allows (and
+        those without one: the process, and every family's HELP and TYPE)."""
+        if allows is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Only(self.registry, allows))
+
+
+class _Only(Collector):
+    """A registry's view that keeps the samples of the models `allows` allows (scrape time only)."""
+
+    def __init__(self, registry: CollectorRegistry, allows: Callable[[str], bool]) -> None:
+        self.registry, self.allows = registry, allows
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            kept = Metric(family.name, family.documentation, family.type, family.unit)
+            kept.samples = [s for s in family.samples if "model" not in s.labels or self.allows(s.labels["model"])]
+            yield kept
+
+
+class Tally:
+    """One request that the data plane counts outside `infer` (a generation). The channel names
+    its model and version as it learns them; the count is settled once, by the first `settle`:
+    when the work returns or raises, or, for an answer that streams (`defer`), when the stream
+    ends, so a client that hangs up mid-stream counts as cancelled, not as a success."""
+
+    __slots__ = ("_metrics", "channel", "start", "model", "version", "deferred", "settled")
+
+    def __init__(self, metrics: Metrics, channel: str) -> None:
+        self._metrics, self.channel, self.start = metrics, channel, time.perf_counter()
+        self.model: str = ""
+        self.version: int | None = None
+        self.deferred = self.settled = False
+
+    def defer(self) -> None:
+        """The answer streams: its outcome is settled when the stream ends."""
+        self.deferred = True
+
+    def settle(self, outcome: str | BaseException) -> None:
+        """Count the request once: an outcome label, or the error that ended it."""
+        if self.settled:
+            return
+        self.settled = True
+        if isinstance(outcome, BaseException):
+            self._metrics.record_error(self.model, self.version, self.channel, outcome, self.start)
+        else:
+            self._metrics.record(self.model, self.version, self.channel, outcome, self.start)
 
 
 class GenerationObserver:

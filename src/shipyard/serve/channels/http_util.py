@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from shipyard.errors import InvalidInput, PayloadTooLarge
+from shipyard.errors import Disconnected, InvalidInput, PayloadTooLarge
 from shipyard.protocol import v2
 from shipyard.tensors import element_count, numpy_dtype, to_bytes_array
 
 # Which JSON-decoded numpy kinds each tensor kind accepts: ints for floats, never floats for ints.
+log = logging.getLogger("shipyard.serve")
+
 _JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 _KIND_NAMES = {"b": "boolean", "i": "integer", "u": "integer", "f": "floating-point", "U": "string", "O": "mixed"}
 
@@ -29,17 +32,25 @@ def parse_version(text: str | None) -> int | None:
 
 
 async def read_body(request: Request) -> bytes:
-    """The body, refused with 413 as soon as it passes the configured limit."""
+    """The body, refused with 413 as soon as it passes the configured limit. A client that hangs
+    up before sending all of it raises Disconnected (counted as cancelled), logged here in one
+    INFO line: it is the client's choice, not the server's failure."""
     limit: int = request.app.state.settings.max_request_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes (--max-request-bytes)")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (--max-request-bytes)")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (--max-request-bytes)")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        of = f" of {declared}" if declared is not None else ""
+        log.info("client left during the upload of %s %s (%d%s bytes read)",
+                 request.method, request.url.path, size, of)
+        raise Disconnected(f"the client closed the connection after {size}{of} bytes of its request") from None
     return b"".join(chunks)
 
 

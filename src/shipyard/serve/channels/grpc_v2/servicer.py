@@ -102,13 +102,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         if not request.model_name:
             raise InvalidInput("give model_name to load")
-        await self.plane.load(request.model_name)
+        await self.plane.load(request.model_name, current_key.get(), CHANNEL)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         if not request.model_name:
             raise InvalidInput("give model_name to unload")
-        await self.plane.unload(request.model_name)
+        await self.plane.unload(request.model_name, current_key.get(), CHANNEL)
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -1,4 +1,5 @@
-"""The /metrics endpoint: the data plane's Prometheus registry in the text format."""
+"""The /metrics endpoint: the data plane's Prometheus registry in the text format, as much of it
+as the caller's key may read (the lines of its own models and the process-wide ones)."""
 
 from __future__ import annotations
 
@@ -14,4 +15,4 @@ router = APIRouter()
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     plane: DataPlane = request.app.state.dataplane
-    return Response(plane.metrics.exposition(), media_type=CONTENT_TYPE)
+    return Response(plane.metrics_text(getattr(request.state, "key", None)), media_type=CONTENT_TYPE)

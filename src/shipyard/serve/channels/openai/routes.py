@@ -3,7 +3,8 @@
 Each endpoint decodes the body, finds the model's engine through the data plane, submits, and
 answers as one JSON body or as server-sent events ending in `data: [DONE]`. Every failure is
 answered in OpenAI's error shape here (not by the app's V2-shaped handlers), with its status.
-A client that leaves, streaming or not, cancels its request at once.
+A client that leaves, streaming or not, cancels its request at once, and the request counts as
+cancelled; each is counted (`DataPlane.count`) under the model and the version that answered.
 
 The body is read within `--max-request-bytes`, as on every channel. Work that grows with the
 prompt (rendering a chat template, tokenizing, detokenizing a whole answer's logprobs) runs in the
@@ -22,15 +23,18 @@ from typing import Any
 import orjson
 from fastapi import APIRouter
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from shipyard.errors import InvalidInput, ShipyardError, Unavailable
+from shipyard.errors import Disconnected, InvalidInput, PermissionDenied, ShipyardError, Unavailable
 from shipyard.generate import EngineClient, Output, Stream
+from shipyard.serve.auth import DENIED
 from shipyard.serve.channels.http_util import read_body
 from shipyard.serve.channels.openai import convert
 from shipyard.serve.channels.openai.protocol import HEALTH, ChatCompletionRequest, CompletionRequest
 from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.metrics import Tally
 
 log = logging.getLogger("shipyard.serve")
 router = APIRouter()
@@ -60,14 +64,14 @@ def _plane(request: Request) -> DataPlane:
     return plane
 
 
-async def _body(request: Request) -> Any:
+async def _body(request: Request, tally: Tally) -> Any:
     raw = await read_body(request)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise InvalidInput(f"the request body is not valid JSON: {e}") from None
     if isinstance(body, dict) and isinstance(body.get("model"), str):
-        request.state.model = body["model"]  # so a request refused for its values is counted under its model
+        tally.model = body["model"].partition(":")[0]  # a request refused for its values counts under its model
     return body
 
 
@@ -133,7 +137,8 @@ async def _merged(streams: list[Stream]) -> AsyncIterator[tuple[int, Output]]:
 
 
 async def _unless_gone(request: Request, work: Awaitable[Response], streams: list[Stream]) -> Response:
-    """Run a non-streaming answer, cancelling it as soon as the client disconnects."""
+    """Run a non-streaming answer, cancelling it as soon as the client disconnects (Disconnected:
+    the count says cancelled, and the 499 goes to no one)."""
     task = asyncio.ensure_future(work)
     while True:
         done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
@@ -143,46 +148,53 @@ async def _unless_gone(request: Request, work: Awaitable[Response], streams: lis
             task.cancel()
             for s in streams:
                 s.cancel()
-            return Response(status_code=499)
+            raise Disconnected("the client closed the connection before the answer")
 
 
-def _sse(events: AsyncIterator[dict[str, Any]], streams: list[Stream]) -> StreamingResponse:
+def _sse(events: AsyncIterator[dict[str, Any]], streams: list[Stream], tally: Tally) -> StreamingResponse:
+    """The events as server-sent events. The request is counted when the stream ends: a success
+    once every event is sent, cancelled when the client left first (the stream is cancelled at an
+    await, closed at a yield, or never started: then the background task settles it)."""
+    tally.defer()
+
     async def body() -> AsyncIterator[bytes]:
+        outcome: str | BaseException = "cancelled"
         try:
             async for event in events:
                 yield b"data: " + orjson.dumps(event) + b"\n\n"
+            outcome = "success"
         except Exception as e:  # noqa: BLE001 - the status line is sent: report in the stream
+            outcome = e
             yield b"data: " + _error(e).body + b"\n\n"
         finally:
             for s in streams:  # a client that left: free its slots now, not when it would end
                 s.cancel()
+            tally.settle(outcome)
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+                             background=BackgroundTask(tally.settle, "cancelled"))
 
 
-def _engine(request: Request, model: str) -> EngineClient:
+def _engine(request: Request, tally: Tally, model: str) -> EngineClient:
     """The model's engine, once the caller's key (set by the access gate when --auth is on) may
-    use it. The gate cannot check the model itself: it is named in the body, not the path."""
-    request.state.model = model  # for the metrics, whatever happens next
+    use it. The gate cannot check the model itself: it is named in the body, not the path. The
+    tally learns the name and the version that answers."""
+    tally.model = model.partition(":")[0]  # for the metrics, whatever happens next
     key = getattr(request.state, "key", None)
-    if key is not None and not request.app.state.dataplane.visible(key, model):
-        from shipyard.errors import PermissionDenied
-        from shipyard.serve.auth import DENIED
-
+    if key is not None and not _plane(request).visible(key, tally.model):
         raise PermissionDenied(DENIED.format(model=model))
-    engine: EngineClient = request.app.state.dataplane.generator(model)
+    tally.model, tally.version, found = _plane(request).generator(model)
+    engine: EngineClient = found
     return engine
 
 
-def _guarded(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+def _guarded(fn: Callable[[Request, Tally], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        plane = request.app.state.dataplane
         try:
-            # A stream counts when its answer starts; its tokens are the engine's statistics.
-            response: Response = await plane.count(
-                "openai", lambda: getattr(request.state, "model", None) or "", lambda: fn(request))
+            # A stream counts when it ends; its tokens are the engine's statistics.
+            response: Response = await _plane(request).count("openai", lambda tally: fn(request, tally))
         except Exception as e:  # noqa: BLE001 - every failure leaves in OpenAI's shape
             return _error(e, "messages" if fn is _chat else "prompt")
         return response
@@ -208,9 +220,9 @@ async def list_models(request: Request) -> Response:
     return _json({"object": "list", "data": rows})
 
 
-async def _completions(request: Request) -> Response:
-    req = CompletionRequest.model_validate(await _body(request))
-    engine = _engine(request, req.model)
+async def _completions(request: Request, tally: Tally) -> Response:
+    req = CompletionRequest.model_validate(await _body(request, tally))
+    engine = _engine(request, tally, req.model)
     params = convert.sampling_params(req)
     prompts = await _prompts(request, engine, req.prompt, params.n)
     streams = engine.submit_many(prompts, params)
@@ -240,7 +252,7 @@ async def _completions(request: Request) -> Response:
                 yield {"id": rid, "object": "text_completion", "created": created, "model": req.model,
                        "choices": [], "usage": convert.usage(prompt_tokens, completion)}
 
-        return _sse(events(), streams)
+        return _sse(events(), streams, tally)
 
     async def whole() -> Response:
         texts = [""] * (len(prompts) * n)
@@ -267,9 +279,9 @@ async def _completions(request: Request) -> Response:
     return await _unless_gone(request, whole(), streams)
 
 
-async def _chat(request: Request) -> Response:
-    req = ChatCompletionRequest.model_validate(await _body(request))
-    engine = _engine(request, req.model)
+async def _chat(request: Request, tally: Tally) -> Response:
+    req = ChatCompletionRequest.model_validate(await _body(request, tally))
+    engine = _engine(request, tally, req.model)
     params = convert.sampling_params(req)
     if sum(len(m.text()) for m in req.messages) <= INLINE_CHARS:
         text = convert.chat_prompt(engine.tokenizer, req.messages)
@@ -301,7 +313,7 @@ async def _chat(request: Request) -> Response:
             if include_usage:
                 yield {**chunk([]), "usage": convert.usage(len(prompt), completion)}
 
-        return _sse(events(), streams)
+        return _sse(events(), streams, tally)
 
     async def whole() -> Response:
         texts = [""] * params.n

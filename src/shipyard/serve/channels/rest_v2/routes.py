@@ -158,12 +158,12 @@ async def repository_index(request: Request) -> Response:
 @router.post(REPOSITORY_MODEL + "/load")
 async def repository_load(request: Request, model: str) -> Response:
     await read_body(request)
-    await _plane(request).load(model)
+    await _plane(request).load(model, getattr(request.state, "key", None), CHANNEL)
     return _json({})
 
 
 @router.post(REPOSITORY_MODEL + "/unload")
 async def repository_unload(request: Request, model: str) -> Response:
     await read_body(request)
-    await _plane(request).unload(model)
+    await _plane(request).unload(model, getattr(request.state, "key", None), CHANNEL)
     return _json({})
