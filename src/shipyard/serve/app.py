@@ -34,6 +34,11 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:  # what writers killed mid-publish left behind (their locks are free)
+            for folder in await plane.run_blocking(repository.clean_staging):
+                log.info("removed %s, left by a writer that is gone", folder)
+        except OSError as e:  # a read-only repository still serves
+            log.warning("could not clean the repository's staging folders: %s", e)
         names = models if models else repository.models()
         for name in names:
             try:
