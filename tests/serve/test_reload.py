@@ -84,3 +84,20 @@ def test_a_reload_lets_requests_on_the_old_set_finish(fresh_repo: Repository) ->
         assert post(server, "/v2/models/slow/infer", content=small, headers=small_headers).status_code == 200
     finally:
         assert server.stop() == 0, server.output()
+
+
+def test_a_garbage_manifest_is_unavailable_at_start_up_and_the_rest_serve(fresh_repo: Repository) -> None:
+    (fresh_repo.path("digits", 1) / "manifest.json").write_text("{not json")
+    server = ServerProcess(fresh_repo.root, "--models", "digits,two")
+    try:
+        index = {(m["name"], m["version"]): m for m in
+                 httpx.post(f"{server.url}/v2/repository/index", json={}).json()}
+        assert index[("digits", "1")]["state"] == "UNAVAILABLE"
+        assert "manifest.json is not valid" in index[("digits", "1")]["reason"]
+        assert str(fresh_repo.root) not in index[("digits", "1")]["reason"]
+        assert index[("digits", "2")]["state"] == "READY" and index[("two", "1")]["state"] == "READY"
+        assert served_version(server) == "2"
+        r = httpx.get(f"{server.url}/v2/models/digits/versions/1/ready")
+        assert r.status_code != 200
+    finally:
+        assert server.stop() == 0, server.output()

@@ -95,6 +95,16 @@ def models_show(ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION.")
     run(views.show_model, settings(repository=repository).repository, ref, as_json)
 
 
+@models_app.command("verify")
+def models_verify(ref: Annotated[str | None, typer.Argument(help="NAME or NAME:VERSION (default: every model).")] = None,
+                  repository: RepoOpt = None, as_json: JsonOpt = False) -> None:
+    """Check every file against the sha256 in its manifest; exit 1 if any version fails."""
+    from shipyard.cli.verify import verify_models
+
+    if not run(verify_models, settings(repository=repository).repository, ref, as_json):
+        raise typer.Exit(1)
+
+
 @models_app.command("import")
 def models_import(
     path: Annotated[Path, typer.Argument(help="ONNX file, torch.export .pt2, TorchScript file, or Hugging Face folder.")],

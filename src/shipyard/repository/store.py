@@ -42,11 +42,14 @@ WRITER_LOCK_SUFFIX = ".lock"
 STALE_STAGING_S = 24 * 3600
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """The file's sha256; `on_bytes(n)` after each chunk read, for a progress bar."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
     return h.hexdigest()
 
 
@@ -301,15 +304,28 @@ class Repository:
 
     def verify(self, manifest: Manifest) -> None:
         """Check every file against the sha256 recorded when it was published."""
+        problems = self.check(manifest, first_only=True)
+        if problems:
+            raise IntegrityError(problems[0])
+
+    def check(self, manifest: Manifest, on_bytes: Callable[[int], None] | None = None,
+              first_only: bool = False) -> list[str]:
+        """Every file checked against its size and the sha256 recorded when it was published:
+        one line per file that is missing or differs (none: the version is intact). `on_bytes`
+        is called as files are read, for a progress bar."""
         base = self.path(manifest.name, manifest.version)
+        problems = []
         for f in manifest.files:
             p = base / f.path
             if not p.is_file():
-                raise IntegrityError(f"{p} is listed in the manifest but missing")
-            if p.stat().st_size != f.size or sha256_file(p) != f.sha256:
-                raise IntegrityError(
-                    f"{p} does not match its manifest checksum: the published version was modified"
-                )
+                problems.append(f"{p} is listed in the manifest but missing")
+            elif p.stat().st_size != f.size or sha256_file(p, on_bytes) != f.sha256:
+                problems.append(f"{p} does not match its manifest checksum: the published version was modified")
+            else:
+                continue
+            if first_only:
+                break
+        return problems
 
     def model_config(self, name: str) -> ModelConfig:
         check_model_name(name)
