@@ -186,6 +186,19 @@ class Settings(BaseSettings):
         "health then needs a key. None: no keys needed."
     )
 
+    # Model control (issue 13): whether the server follows the repository while it runs.
+    model_control: Literal["none", "poll"] = Field(
+        "none",
+        description="'none' (Triton's default): the models loaded at start-up are served until a "
+        "load/unload request; a version published meanwhile waits for POST .../load. 'poll': every "
+        "poll_interval_s the server looks at the model folders (names only, nothing is read) and "
+        "loads new models and versions and drops removed ones, by each model's version policy, "
+        "beside what serves and swapped in when ready.",
+    )
+    poll_interval_s: float = Field(
+        2.0, ge=0.1, le=3600, description="Seconds between looks at the repository (model_control 'poll')."
+    )
+
     def batching_for(self, model: ModelConfig) -> BatchingConfig:
         """A model's batching with the process-wide overrides applied."""
         overrides = {

@@ -88,11 +88,12 @@ def test_publish_killed_half_way_leaves_no_version(repo: Repository) -> None:
         assert repo.manifest("m", v) == m
         repo.verify(m)
 
-    # The next publish gets the next number, and the fresh leftover is left alone (it may belong
-    # to a live writer).
-    seed(repo, count=1)
+    # The next writer gets the next number and removes the leftover: its writer is dead (issue
+    # 13 D13; it used to stay for 24 hours, and only until that model's next publish).
+    seed(Repository(repo.root), count=1)
     assert repo.versions("m") == [1, 2, 3]
-    assert staging_dirs(repo.root, "m") == leftovers
+    assert staging_dirs(repo.root, "m") == []
+    assert sorted(p.name for p in (repo.root / "m").iterdir()) == [".last_version", ".lock", "1", "2", "3"]
 
 
 def test_killed_first_publish_leaves_no_model(repo: Repository) -> None:
@@ -111,14 +112,59 @@ def test_writer_killed_holding_the_lock_does_not_block_others(repo: Repository) 
     assert repo.versions("m") == [1, 2]
 
 
-def test_stale_staging_folders_are_cleaned_on_the_next_publish(repo: Repository) -> None:
+def test_any_writer_starting_removes_dead_writers_staging_and_keeps_live_ones(repo: Repository) -> None:
+    """A writer killed by SIGKILL mid-publish leaves its staging folder; the next writer to start
+    removes it, whatever model it writes; the staging folder of a writer that is alive stays."""
+    seed(repo, name="a", count=1)
+    seed(repo, name="b", count=1)
+    kill_when_ready(workers.publish_then_hang, repo, "a")
+    assert len(staging_dirs(repo.root, "a")) == 1
+    ready = CTX.Event()
+    live = CTX.Process(target=workers.publish_then_hang, args=(str(repo.root), "b", ready))
+    live.start()
+    try:
+        assert ready.wait(60), "child never got going"
+        assert staging_dirs(repo.root, "a") == []  # the writer of 'b' removed it as it started
+        (alive,) = staging_dirs(repo.root, "b")
+        seed(Repository(repo.root), name="c", count=1)
+        assert staging_dirs(repo.root, "b") == [alive]
+        assert (alive / "model.onnx").stat().st_size == 1000
+        assert repo.clean_staging() == []
+    finally:
+        os.kill(live.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        live.join(30)
+    assert repo.clean_staging() == [alive]
+    assert staging_dirs(repo.root, "b") == []
+    assert sorted(p.name for p in (repo.root / "b").iterdir()) == [".last_version", ".lock", "1"]
+    assert repo.versions("a") == [1] and repo.versions("b") == [1] and repo.versions("c") == [1]
+
+
+def test_the_server_removes_dead_writers_staging_at_start_up(repo: Repository) -> None:
+    from tests.fixtures import ServerProcess
+
     seed(repo, count=1)
     kill_when_ready(workers.publish_then_hang, repo, "m")
-    (stale,) = staging_dirs(repo.root, "m")
-    old = time.time() - STALE_STAGING_S - 60
-    os.utime(stale, (old, old))
+    assert len(staging_dirs(repo.root, "m")) == 1
+    server = ServerProcess(repo.root, "--grpc-port", "0")
+    try:
+        assert staging_dirs(repo.root, "m") == []
+        assert repo.versions("m") == [1]
+    finally:
+        assert server.stop() == 0, server.output()
+
+
+def test_staging_without_a_writer_lock_goes_only_when_stale(repo: Repository) -> None:
+    """A folder from a shipyard without writer locks cannot say whether its writer lives: its
+    age decides, as before."""
     seed(repo, count=1)
-    assert not stale.exists()
+    old_style = repo.root / "m" / ".staging-0123456789abcdef"
+    old_style.mkdir()
+    (old_style / "model.onnx").write_bytes(b"half")
+    seed(Repository(repo.root), count=1)
+    assert old_style.exists()
+    old = time.time() - STALE_STAGING_S - 60
+    os.utime(old_style, (old, old))
+    assert repo.clean_staging("m") == [old_style]
     assert staging_dirs(repo.root, "m") == []
     assert repo.versions("m") == [1, 2]
 

@@ -59,4 +59,4 @@ def hold_lock_then_hang(root: str, name: str, ready: Any) -> None:
 
 
 def staging_dirs(root: Path, name: str) -> list[Path]:
-    return sorted(p for p in (root / name).iterdir() if p.name.startswith(".staging-"))
+    return sorted(p for p in (root / name).iterdir() if p.name.startswith(".staging-") and p.is_dir())

@@ -55,6 +55,8 @@ def serve_cmd(
     max_num_seqs: Annotated[int | None, typer.Option(help="Override every causal LM's limit of sequences decoded together (default 32).")] = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port (KServe V2 gRPC) [env SHIPYARD_GRPC_PORT; default 8001]; 0 turns gRPC off.")] = None,
     auth: Annotated[Path | None, typer.Option(help="API key file from `shipyard keys create` [env SHIPYARD_AUTH]; every route but health then needs a key.")] = None,
+    model_control: Annotated[str | None, typer.Option(help="'none': serve what was loaded at start-up until POST .../load; 'poll': load new versions and models and drop removed ones as the repository changes [env SHIPYARD_MODEL_CONTROL; default none].")] = None,
+    poll_interval_s: Annotated[float | None, typer.Option(help="Seconds between looks at the repository with --model-control poll [env SHIPYARD_POLL_INTERVAL_S; default 2].")] = None,
 ) -> None:
     """Serve models over KServe V2 REST with dynamic batching, and causal LMs over OpenAI's API."""
     from shipyard.serve.app import serve
@@ -64,6 +66,7 @@ def serve_cmd(
             max_queue_size=max_queue_size, adaptive=adaptive, max_request_bytes=max_request_bytes, device=device, spin=spin,
             trust_pickle=trust_pickle or None, kv_cache_mb=kv_cache_mb, max_num_seqs=max_num_seqs)
     s = run(settings, **{**s.model_dump(), "grpc_port": grpc_port, "auth": auth})
+    s = run(settings, **{**s.model_dump(), "model_control": model_control, "poll_interval_s": poll_interval_s})
     if s.auth is not None and not s.auth.is_file():
         fail(f"key file {s.auth} does not exist; make one with `shipyard keys create --file {s.auth}`")
     if not s.repository.is_dir():
@@ -93,6 +96,16 @@ def models_show(ref: Annotated[str, typer.Argument(help="NAME or NAME:VERSION.")
     from shipyard.cli import views
 
     run(views.show_model, settings(repository=repository).repository, ref, as_json)
+
+
+@models_app.command("verify")
+def models_verify(ref: Annotated[str | None, typer.Argument(help="NAME or NAME:VERSION (default: every model).")] = None,
+                  repository: RepoOpt = None, as_json: JsonOpt = False) -> None:
+    """Check every file against the sha256 in its manifest; exit 1 if any version fails."""
+    from shipyard.cli.verify import verify_models
+
+    if not run(verify_models, settings(repository=repository).repository, ref, as_json):
+        raise typer.Exit(1)
 
 
 @models_app.command("import")

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from shipyard.errors import IntegrityError
 from shipyard.repository import Manifest, Repository, parse_ref
 from shipyard.units import human_size
 
@@ -23,9 +25,18 @@ def _summary(m: Manifest) -> dict[str, Any]:
     }
 
 
+def _row(repo: Repository, name: str, version: int) -> dict[str, Any]:
+    """A version's summary, or its name, number and why its manifest cannot be read: one
+    broken manifest must not hide the rest of the repository."""
+    try:
+        return {**_summary(repo.manifest(name, version)), "error": None}
+    except IntegrityError as e:
+        return {"name": name, "version": version, "error": e.message}
+
+
 def list_models(root: Path, as_json: bool) -> None:
     repo = Repository(root)
-    rows = [_summary(repo.manifest(n, v)) for n in repo.models() for v in repo.versions(n)]
+    rows = [_row(repo, n, v) for n in repo.models() for v in repo.versions(n)]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -36,11 +47,18 @@ def list_models(root: Path, as_json: bool) -> None:
     for col in ("model", "version", "format", "size", "parent", "accuracy", "created"):
         table.add_column(col)
     for r in rows:
+        if r["error"] is not None:
+            table.add_row(r["name"], str(r["version"]), "[bold red]broken[/]", *["-"] * 4)
+            continue
         acc = r["metrics"].get("accuracy")
         table.add_row(r["name"], str(r["version"]), r["format"], human_size(r["size_bytes"]),
                       str(r["parent"] or "-"), f"{acc:.2%}" if acc is not None else "-",
                       r["created"][:19])
     console.print(table)
+    for r in rows:
+        if r["error"] is not None:
+            console.print(f"[bold red]{r['name']}:{r['version']} is broken:[/] {escape(r['error'])}",
+                          highlight=False, soft_wrap=True)
 
 
 def show_model(root: Path, ref: str, as_json: bool) -> None:
@@ -70,8 +88,13 @@ def show_model(root: Path, ref: str, as_json: bool) -> None:
 
 def lineage_tree(repo: Repository, name: str) -> Tree:
     """Every version of a model, each under the parent it was made from."""
-    manifests = {v: repo.manifest(name, v) for v in repo.versions(name)}
+    manifests: dict[int, Manifest] = {}
     tree = Tree(f"[bold]{name}[/] lineage")
+    for v in repo.versions(name):
+        try:
+            manifests[v] = repo.manifest(name, v)
+        except IntegrityError as e:
+            tree.add(f"v{v} [bold red]broken[/]: {escape(e.message)}")
     nodes: dict[int, Tree] = {}
     for v, m in sorted(manifests.items()):
         recipe = ", ".join(_step_label(step) for step in m.lineage.recipe)

@@ -33,14 +33,23 @@ MANIFEST = "manifest.json"
 CONFIG = "config.json"
 LAST_VERSION = ".last_version"
 STAGING_PREFIX = ".staging-"
+REMOVED_PREFIX = f"{STAGING_PREFIX}removed-"
+# Beside each staging folder: a file its writer holds an flock on for as long as it writes. The
+# kernel drops the lock when the writer dies, however it dies (kill -9 included).
+WRITER_LOCK_SUFFIX = ".lock"
+# A staging folder without a writer lock (made by a shipyard from before writer locks) is removed
+# only after this long: its writer cannot be asked whether it is alive.
 STALE_STAGING_S = 24 * 3600
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """The file's sha256; `on_bytes(n)` after each chunk read, for a progress bar."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
     return h.hexdigest()
 
 
@@ -98,8 +107,18 @@ class Staging:
         self.lineage = lineage or Lineage()
         self.metrics: dict[str, Any] = dict(metrics or {})
         self.extra: dict[str, Any] = {}
-        self.path = repo.root / name / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-        self.path.mkdir(parents=True)
+        folder = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        model_dir = repo.root / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        # The lock first, then the folder: a cleaner never sees this folder without a live lock.
+        self._lock_path = model_dir / f"{folder}{WRITER_LOCK_SUFFIX}"
+        self._lock_fd: int | None = _hold_writer_lock(self._lock_path)
+        self.path = model_dir / folder
+        try:
+            self.path.mkdir()
+        except BaseException:
+            self._release()
+            raise
         self.manifest: Manifest | None = None
         self._on_commit: list[Callable[[int], None]] = []
 
@@ -151,10 +170,77 @@ class Staging:
             _write_json_atomic(model_dir / LAST_VERSION, str(version))
             _fsync_dir(model_dir)
         self.manifest = manifest
+        self._release()
         return manifest
 
     def abort(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the writer lock, once the staging folder is gone (published or removed)."""
+        if self._lock_fd is None:
+            return
+        self._lock_path.unlink(missing_ok=True)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+
+def _hold_writer_lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()}\n".encode())  # for people: which process writes here
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove_orphan_lock(lock: Path) -> None:
+    """A writer killed after its folder went (published) but before it deleted its lock."""
+    if lock.with_name(lock.name[: -len(WRITER_LOCK_SUFFIX)]).exists():
+        return
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.unlink(missing_ok=True)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_if_writer_gone(folder: Path) -> bool:
+    """Remove a staging folder whose writer is dead; one whose writer lives is left alone."""
+    lock = folder.with_name(folder.name + WRITER_LOCK_SUFFIX)
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        # No writer lock: a remover killed before it deleted its trash, or a writer from before
+        # writer locks (only its age can tell).
+        if not folder.name.startswith(REMOVED_PREFIX):
+            try:
+                if time.time() - folder.stat().st_mtime <= STALE_STAGING_S:
+                    return False
+            except FileNotFoundError:  # published or removed meanwhile
+                return False
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its writer is alive (or another cleaner is at it)
+        gone = folder.exists()
+        shutil.rmtree(folder, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        return gone
+    finally:
+        os.close(fd)
 
 
 class Repository:
@@ -162,6 +248,7 @@ class Repository:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._swept = False
 
     # -- reading ---------------------------------------------------------------------------
     def models(self) -> list[str]:
@@ -217,15 +304,28 @@ class Repository:
 
     def verify(self, manifest: Manifest) -> None:
         """Check every file against the sha256 recorded when it was published."""
+        problems = self.check(manifest, first_only=True)
+        if problems:
+            raise IntegrityError(problems[0])
+
+    def check(self, manifest: Manifest, on_bytes: Callable[[int], None] | None = None,
+              first_only: bool = False) -> list[str]:
+        """Every file checked against its size and the sha256 recorded when it was published:
+        one line per file that is missing or differs (none: the version is intact). `on_bytes`
+        is called as files are read, for a progress bar."""
         base = self.path(manifest.name, manifest.version)
+        problems = []
         for f in manifest.files:
             p = base / f.path
             if not p.is_file():
-                raise IntegrityError(f"{p} is listed in the manifest but missing")
-            if p.stat().st_size != f.size or sha256_file(p) != f.sha256:
-                raise IntegrityError(
-                    f"{p} does not match its manifest checksum: the published version was modified"
-                )
+                problems.append(f"{p} is listed in the manifest but missing")
+            elif p.stat().st_size != f.size or sha256_file(p, on_bytes) != f.sha256:
+                problems.append(f"{p} does not match its manifest checksum: the published version was modified")
+            else:
+                continue
+            if first_only:
+                break
+        return problems
 
     def model_config(self, name: str) -> ModelConfig:
         check_model_name(name)
@@ -259,7 +359,7 @@ class Repository:
                 metrics: dict[str, Any] | None = None) -> Iterator[Staging]:
         """Write files into `staging.path`; on a clean exit they become the next version."""
         check_model_name(name)
-        self._clean_stale(name)
+        self._sweep(name)
         staging = Staging(self, name, fmt, signature, lineage, metrics)
         try:
             yield staging
@@ -271,6 +371,7 @@ class Repository:
     def remove(self, name: str, version: int) -> None:
         """Remove one version: it disappears at once (rename), then its files are deleted."""
         version = self.resolve(name, version)
+        self._sweep(name)
         with self._lock(name):
             version = self.resolve(name, version)  # again: another remover may have been first
             src = self.path(name, version)
@@ -278,17 +379,31 @@ class Repository:
             os.rename(src, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def _clean_stale(self, name: str) -> None:
-        d = self.root / name
-        if not d.is_dir():
-            return
-        now = time.time()
-        for p in d.iterdir():
-            if not p.name.startswith(STAGING_PREFIX):
-                continue
+    def clean_staging(self, name: str | None = None) -> list[Path]:
+        """Remove the staging folders (and leftovers of removals) of writers that are gone, in
+        one model or in all: a writer killed mid-publish leaves its half-written files there. A
+        folder whose writer still holds its lock is left alone. Returns what was removed."""
+        names = [check_model_name(name)] if name is not None else [
+            p.name for p in (self.root.iterdir() if self.root.is_dir() else [])
+            if p.is_dir() and NAME_PATTERN.match(p.name)
+        ]
+        removed = []
+        for n in names:
+            d = self.root / n
             try:
-                mtime = p.stat().st_mtime
-            except FileNotFoundError:  # another writer committed or removed it meanwhile
+                entries = sorted(d.iterdir())
+            except (FileNotFoundError, NotADirectoryError):
                 continue
-            if now - mtime > STALE_STAGING_S:
-                shutil.rmtree(p, ignore_errors=True)
+            for p in entries:
+                if not p.name.startswith(STAGING_PREFIX):
+                    continue
+                if p.name.endswith(WRITER_LOCK_SUFFIX):
+                    _remove_orphan_lock(p)
+                elif p.is_dir() and _remove_if_writer_gone(p):
+                    removed.append(p)
+        return removed
+
+    def _sweep(self, name: str) -> None:
+        """Before writing: the whole repository the first time this writer writes, then the model."""
+        self.clean_staging(None if not self._swept else name)
+        self._swept = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -19,6 +21,7 @@ from shipyard.serve.channels import Listener, channels, http_errors
 from shipyard.serve.channels.http_access import AccessGate
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.manager import ModelManager
+from shipyard.serve.poller import RepositoryPoller
 
 log = logging.getLogger("shipyard.serve")
 
@@ -34,6 +37,16 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:  # what writers killed mid-publish left behind (their locks are free)
+            for folder in await plane.run_blocking(repository.clean_staging):
+                log.info("removed %s, left by a writer that is gone", folder)
+        except OSError as e:  # a read-only repository still serves
+            log.warning("could not clean the repository's staging folders: %s", e)
+        poller = None
+        if settings.model_control == "poll":
+            # The first look before loading: what is published meanwhile is a change to load.
+            poller = RepositoryPoller(manager, settings.poll_interval_s, models)
+            await plane.run_blocking(poller.start)
         names = models if models else repository.models()
         for name in names:
             try:
@@ -44,6 +57,7 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
         for listener in listeners:
             await listener.start()
             started.append(listener)
+        poll = asyncio.get_running_loop().create_task(poller.run(plane)) if poller is not None else None
         app.state.ready = True
         for entry in manager.models.values():
             for lv in entry.versions.values():
@@ -52,6 +66,10 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
         log.info("ready: http://%s:%s/v2 (%d models)", settings.host, settings.port, len(manager.models))
         yield
         app.state.ready = False
+        if poll is not None:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
         for listener in started:
             await listener.stop(grace=10)
         await plane.run_blocking(manager.close)

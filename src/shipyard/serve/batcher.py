@@ -69,6 +69,11 @@ class DynamicBatcher:
         self._thread.start()
 
     @property
+    def closed(self) -> bool:
+        """Whether it has stopped taking requests (its version is being unloaded)."""
+        return self._closed
+
+    @property
     def depth(self) -> int:
         return len(self._queue)
 

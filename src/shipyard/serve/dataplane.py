@@ -14,7 +14,7 @@ import numpy as np
 
 from shipyard import __version__
 from shipyard.config import ShadowConfig
-from shipyard.errors import InvalidInput, NotFound, ShipyardError, shown
+from shipyard.errors import InvalidInput, NotFound, ShipyardError, Unavailable, shown
 from shipyard.repository import Signature, TensorSpec
 from shipyard.serve.auth import Guard, KeyRecord
 from shipyard.serve.manager import READY, LoadedVersion, ModelManager
@@ -228,13 +228,11 @@ class DataPlane:
             raise
 
     async def load(self, name: str, key: KeyRecord | None = None, channel: str = "") -> None:
-        """(Re)load a model; InvalidInput naming each version's reason when none is ready. With
-        auth on, `key` (the caller's, on `channel`) must hold the admin scope."""
+        """(Re)load a model beside the versions it serves, swapping when all are ready;
+        InvalidInput naming each version that failed and why (the old versions then serve on).
+        With auth on, `key` (the caller's, on `channel`) must hold the admin scope."""
         self.check_admin(key, channel, name, "load")
-        entry = await self.run_blocking(self.manager.load, name)
-        if not entry.ready_versions():
-            reasons = "; ".join(f"version {v}: {lv.reason}" for v, lv in sorted(entry.versions.items()))
-            raise InvalidInput(f"failed to load '{name}': {reasons or 'no versions to load'}")
+        await self.run_blocking(self.manager.load, name)
 
     async def unload(self, name: str, key: KeyRecord | None = None, channel: str = "") -> None:
         """Unload a model (as `load`, the key must hold the admin scope when auth is on)."""
@@ -298,7 +296,19 @@ class DataPlane:
         assert lv.batcher is not None
         arrays = check_inputs(request, signature)
         wanted = check_outputs(request, signature)
-        results = await lv.batcher.submit(arrays, wanted)
+        try:
+            results = await lv.batcher.submit(arrays, wanted)
+        except Unavailable:
+            if not lv.batcher.closed:
+                raise
+            # A reload swapped this version out between choosing it and queueing on it: the set
+            # that replaced it answers (its signature is checked again).
+            lv = self.manager.get(request.model, request.version)
+            assert lv.manifest is not None and lv.batcher is not None
+            signature = lv.manifest.signature
+            arrays = check_inputs(request, signature)
+            wanted = check_outputs(request, signature)
+            results = await lv.batcher.submit(arrays, wanted)
         if shadow is not None and shadow.version != lv.version:
             task = asyncio.get_running_loop().create_task(
                 self._shadow(request, shadow, lv.version, wanted, results))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from shipyard.config import Settings, generation_for
-from shipyard.errors import NotFound, ShipyardError, Unavailable
+from shipyard.config import ModelConfig, Settings, generation_for
+from shipyard.errors import InvalidInput, NotFound, ShipyardError, Unavailable
 from shipyard.repository import Manifest, Repository
 from shipyard.runtimes import Runtime, RuntimeOptions, runtime_for
 from shipyard.serve.batcher import DynamicBatcher
@@ -30,12 +31,17 @@ class LoadedVersion:
     batcher: DynamicBatcher | None = None
     platform: str = ""
     engine: Any = None  # a shipyard.generate.AsyncEngine, for causal LMs
+    closed: bool = False
 
 
 @dataclass
 class ModelEntry:
+    """One model's served set of versions. A reload builds a new entry beside it and swaps the
+    reference, so readers never see a set half loaded."""
+
     name: str
     versions: dict[int, LoadedVersion] = field(default_factory=dict)
+    config: ModelConfig | None = None  # what it was loaded with: a poll reloads when it changes
 
     def ready_versions(self) -> list[int]:
         return sorted(v for v, lv in self.versions.items() if lv.state == READY)
@@ -64,6 +70,11 @@ def _in_fresh_thread(fn: Callable[[], None]) -> None:
         raise errors[0]
 
 
+def _same_serving(before: ModelConfig | None, now: ModelConfig) -> bool:
+    """Whether versions loaded under `before` serve as `now` says (routing is read live)."""
+    return before is not None and before.model_dump(exclude={"routing"}) == now.model_dump(exclude={"routing"})
+
+
 class ModelManager:
     """Loads and unloads model versions from the repository. Thread-safe; loading blocks, so the
     server calls it off the event loop."""
@@ -73,13 +84,14 @@ class ModelManager:
         self.settings = settings
         self.models: dict[str, ModelEntry] = {}
         self._lock = threading.RLock()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._closed = False
         # Set by the server: gives each new batcher its metrics observer.
         self.batch_observer: Callable[[str, int], Callable[[int, float, list[float]], None]] | None = None
         # Set by the server: gives each new generation engine its metrics observer.
         self.generation_observer: Callable[[str, int], Any] | None = None
 
-    def _versions_to_load(self, name: str) -> list[int]:
-        config = self.repository.model_config(name)
+    def _versions_to_load(self, name: str, config: ModelConfig) -> list[int]:
         available = self.repository.versions(name)
         if config.version_policy == "all":
             return available
@@ -90,25 +102,81 @@ class ModelManager:
             return sorted(config.versions)
         return available[-1:]
 
-    def load(self, name: str) -> ModelEntry:
-        """(Re)load a model's versions by its version policy. A version that fails to load is kept
-        with state UNAVAILABLE and the reason; the others still serve."""
+    def load(self, name: str, reuse: bool = False) -> ModelEntry:
+        """(Re)load a model's versions by its version policy, beside the versions it serves now,
+        and swap them in only when every one is ready; InvalidInput names each version that
+        failed and its reason. When some fail, the versions served before keep serving (a
+        version that is new to the set is kept as UNAVAILABLE with its reason, for the index);
+        a model that served nothing takes the new set as it is, so its ready versions serve.
+
+        `reuse` (the repository poll) keeps the versions already ready under an unchanged config
+        instead of loading them again: only what is new to the set is loaded."""
+        with self._loading(name):
+            return self._load(name, reuse)
+
+    def _load(self, name: str, reuse: bool) -> ModelEntry:
         if not self.repository.versions(name):
             # Not the repository's own message: a client is not told the server's folder or the
             # names of the other models.
             raise NotFound(f"model '{name}' is not in the repository")
-        wanted = self._versions_to_load(name)
         config = self.repository.model_config(name)
+        wanted = self._versions_to_load(name, config)
         batching = self.settings.batching_for(config)
         threads = config.threads or self.settings.threads
-        entry = ModelEntry(name)
-        _in_fresh_thread(lambda: self._load_versions(entry, name, wanted, config, batching, threads))
+        old = self.models.get(name)
+        kept: dict[int, LoadedVersion] = {}
+        if reuse and old is not None and _same_serving(old.config, config):
+            kept = {v: lv for v, lv in old.versions.items() if v in wanted and lv.state == READY}
+        entry = ModelEntry(name, dict(kept), config)
+        todo = [v for v in wanted if v not in kept]
+        if todo:
+            _in_fresh_thread(lambda: self._load_versions(entry, name, todo, config, batching, threads))
+        entry.versions = dict(sorted(entry.versions.items()))
+        failed = {v: lv for v, lv in entry.versions.items() if lv.state != READY}
+        swap = not failed or old is None or not old.ready_versions()
         with self._lock:
-            old = self.models.get(name)
-            self.models[name] = entry
-        if old is not None:
-            self._close(old)
+            if self._closed:
+                swap = False
+            elif swap:
+                self.models[name] = entry
+            elif old is not None:
+                # The old set serves on; versions new to it show their failure in the index.
+                marks = {v: lv for v, lv in failed.items() if v not in old.versions}
+                if marks:
+                    self.models[name] = ModelEntry(name, dict(sorted({**old.versions, **marks}.items())),
+                                                   old.config)
+        error: ShipyardError | None = None
+        if not entry.versions:
+            error = InvalidInput(f"failed to load '{name}': no versions to load (version_policy "
+                               f"{config.version_policy!r}, versions {config.versions})")
+        elif failed:
+            reasons = "; ".join(f"version {v}: {lv.reason}" for v, lv in failed.items())
+            if not swap and old is not None:
+                after = f"; the versions loaded before ({', '.join(map(str, old.ready_versions()))}) still serve"
+            elif entry.ready_versions():
+                after = f"; the others ({', '.join(map(str, entry.ready_versions()))}) serve"
+            else:
+                after = ""
+            error = InvalidInput(f"failed to load '{name}': {reasons}{after}")
+        keep = {id(lv) for lv in kept.values()}
+        if swap and old is not None:
+            # In-flight requests on the old set finish first: closing a batcher answers its queue.
+            self._close_versions(lv for lv in old.versions.values() if id(lv) not in keep)
+        elif not swap:
+            self._close_versions(lv for lv in entry.versions.values() if id(lv) not in keep)
+            if self._closed:
+                error = Unavailable(f"the server is stopping; model '{name}' was not loaded")
+        if error is not None:
+            raise error
         return entry
+
+    @contextmanager
+    def _loading(self, name: str) -> Iterator[None]:
+        """One load of a model at a time (an explicit load and a poll could otherwise both swap)."""
+        with self._lock:
+            lock = self._load_locks.setdefault(name, threading.Lock())
+        with lock:
+            yield
 
     def _load_versions(self, entry: ModelEntry, name: str, wanted: list[int], config: Any, batching: Any,
                        threads: int) -> None:
@@ -137,11 +205,15 @@ class ModelManager:
                     lv.batcher.observer = self.batch_observer(name, version)
                 lv.state = READY
             except ShipyardError as e:
-                lv.state, lv.reason = UNAVAILABLE, e.message
+                lv.state, lv.reason = UNAVAILABLE, self._clean(e.message)
             except Exception as e:  # noqa: BLE001 - a broken model must not stop the server
-                lv.state, lv.reason = UNAVAILABLE, f"failed to load: {type(e).__name__}: {e}"
+                lv.state, lv.reason = UNAVAILABLE, self._clean(f"failed to load: {type(e).__name__}: {e}")
             if lv.state != READY:
                 log.warning("model %s:%s is unavailable: %s", name, version, lv.reason)
+
+    def _clean(self, reason: str) -> str:
+        """A reason without the server's folder: clients read it (index, load answers)."""
+        return reason.replace(f"{self.repository.root.resolve()}/", "").replace(f"{self.repository.root}/", "")
 
     def unload(self, name: str) -> None:
         with self._lock:
@@ -152,21 +224,29 @@ class ModelManager:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True  # a load still running when the server stops installs nothing
             entries, self.models = list(self.models.values()), {}
         for entry in entries:
             self._close(entry)
 
+    @classmethod
+    def _close(cls, entry: ModelEntry) -> None:
+        cls._close_versions(entry.versions.values())
+
     @staticmethod
-    def _close(entry: ModelEntry) -> None:
-        for lv in entry.versions.values():
+    def _close_versions(versions: Iterable[LoadedVersion]) -> None:
+        for lv in versions:
+            if lv.closed:  # a failed version can be in two sets (the one it failed in, the one kept)
+                continue
+            lv.closed = True
             if lv.batcher is not None:
                 lv.batcher.close()
             if lv.engine is not None:
                 lv.engine.engine.close()
             if lv.runtime is not None:
                 lv.runtime.unload()
-            lv.state = UNAVAILABLE
-            lv.reason = "unloaded"
+            if lv.state != UNAVAILABLE:  # a version that failed keeps its reason (the index shows it)
+                lv.state, lv.reason = UNAVAILABLE, "unloaded"
 
     def entry(self, name: str) -> ModelEntry:
         entry = self.models.get(name)
