@@ -52,6 +52,20 @@ def settings(**overrides: Any) -> Any:
         fail(f"invalid settings ({problems}); check the SHIPYARD_* environment variables")
 
 
+# Hugging Face libraries talk on their own: transformers' warnings and advice, and tqdm bars for
+# loading and writing weights. shipyard draws its own progress; the user's own values are kept.
+# Set in the environment before transformers is imported, so torchrun's ranks inherit it.
+QUIET = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+         "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def quiet_libraries() -> None:
+    import os
+
+    for name, value in QUIET.items():
+        os.environ.setdefault(name, value)
+
+
 def version_text() -> str:
     """`shipyard X.Y.Z` on the first line (what scripts read), then Python and the libraries that
     decide how models run. Read from the installed packages' metadata: nothing heavy is imported."""

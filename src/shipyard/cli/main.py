@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from shipyard.cli.common import CONTEXT, JsonOpt, RepoOpt, document_settings, fail, run, settings
+from shipyard.cli.common import CONTEXT, JsonOpt, RepoOpt, document_settings, fail, quiet_libraries, run, settings
 from shipyard.cli.infer import infer_cmd
 from shipyard.cli.keys import keys_app
 from shipyard.cli.zoo import zoo_app
@@ -194,6 +194,7 @@ def command(documented: bool = True) -> Any:
 
 
 def main() -> None:
+    quiet_libraries()
     try:
         command(documented=bool({"-h", "--help"} & set(sys.argv[1:])))(prog_name="shipyard")
     except KeyboardInterrupt:  # pragma: no cover
