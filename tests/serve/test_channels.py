@@ -17,7 +17,7 @@ CHANNELS = ROOT / "src/shipyard/serve/channels"
 
 
 def test_every_registered_channel_declares_itself_under_its_folder_name() -> None:
-    assert [c.name for c in channels()] == list(REGISTRY) == ["rest_v2", "grpc_v2", "rest_v1", "openai", "metrics"]
+    assert [c.name for c in channels()] == list(REGISTRY) == ["rest_v2", "grpc_v2", "rest_v1", "openai", "metrics", "docs"]
 
 
 @pytest.mark.parametrize(("path", "route"), [
@@ -33,7 +33,11 @@ def test_every_registered_channel_declares_itself_under_its_folder_name() -> Non
     ("/v1/chat/completions", ("openai", None)),
     ("/v1/unknown/path", ("openai", None)),  # the rest of /v1 falls to the openai channel
     ("/metrics", ("metrics", None)),
-    ("/docs", ("http", None)),
+    ("/docs", ("docs", None)),
+    ("/docs/assets/swagger-ui.css", ("docs", None)),
+    ("/openapi.json", ("docs", None)),
+    ("/redoc", ("docs", None)),
+    ("/docsx", ("http", None)),
 ])
 def test_the_access_table_names_each_paths_channel_and_model(path: str, route: tuple[str, str | None]) -> None:
     assert route_of(access_table(channels()), path) == route

@@ -10,8 +10,33 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-RepoOpt = Annotated[Path | None, typer.Option("--repository", "-r", help="Model repository folder [env SHIPYARD_REPOSITORY; default ./model-repository].")]
+# -h as well as --help, on every command (subcommands inherit it from the root's context).
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+RepoOpt = Annotated[Path | None, typer.Option("--repository", "-r", help="Model repository folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def document_settings(command: Any) -> None:
+    """Finish the help of every option that sets a `Settings` field (named after the field, with
+    no default of its own, so the environment applies): the field's description when the option
+    has none, then its environment variable and default, both read from `shipyard.config`, the one
+    source of defaults. Brackets are escaped: typer reads help as rich markup, where `[...]` is a tag."""
+    from shipyard.config import Settings
+
+    fields = Settings.model_fields
+    for param in command.params:
+        if getattr(param, "param_type_name", None) != "option":
+            continue
+        text = (param.help or "").replace("[", "\\[")
+        if param.name in fields and param.default is None:
+            field = fields[param.name]
+            facts = [f"env SHIPYARD_{param.name.upper()}"]
+            if field.default_factory is None and field.default is not None:
+                facts.append(f"default {field.default}")
+            text = f"{text or field.description} \\[{'; '.join(facts)}]"
+        param.help = text
+    for sub in getattr(command, "commands", {}).values():  # a group's subcommands
+        document_settings(sub)
 
 
 def settings(**overrides: Any) -> Any:
@@ -25,6 +50,37 @@ def settings(**overrides: Any) -> Any:
     except ValidationError as e:  # e.g. SHIPYARD_PORT=abc: one line, not a traceback
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         fail(f"invalid settings ({problems}); check the SHIPYARD_* environment variables")
+
+
+# Hugging Face libraries talk on their own: transformers' warnings and advice, and tqdm bars for
+# loading and writing weights. shipyard draws its own progress; the user's own values are kept.
+# Set in the environment before transformers is imported, so torchrun's ranks inherit it.
+QUIET = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+         "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def quiet_libraries() -> None:
+    import os
+
+    for name, value in QUIET.items():
+        os.environ.setdefault(name, value)
+
+
+def version_text() -> str:
+    """`shipyard X.Y.Z` on the first line (what scripts read), then Python and the libraries that
+    decide how models run. Read from the installed packages' metadata: nothing heavy is imported."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from shipyard import __version__
+
+    libraries = []
+    for name in ("torch", "onnxruntime", "transformers"):
+        try:
+            libraries.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            libraries.append(f"{name} not installed")
+    return f"shipyard {__version__}\npython {platform.python_version()}, {', '.join(libraries)}"
 
 
 def fail(message: str) -> NoReturn:

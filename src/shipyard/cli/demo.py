@@ -40,8 +40,7 @@ def build(repo: Repository, threads: int) -> tuple[Manifest, Manifest]:
         console.print(f"reusing {NAME}:{existing[0].version} and {NAME}:{existing[1].version} from {repo.root}")
         return existing
     test = digits.load("test")
-    with console.status("training the digits CNN on scikit-learn's digits..."):
-        model = digits.train()
+    model = train_digits()
     params = count_parameters_torch(model)
     with console.status("publishing version 1 (torch.export) and measuring it..."):
         with repo.publish(NAME, "torch-export", digits.SIGNATURE,
@@ -66,6 +65,26 @@ def build(repo: Repository, threads: int) -> tuple[Manifest, Manifest]:
     config = repo.model_config(NAME)
     repo.write_model_config(NAME, config.model_copy(update={"version_policy": "all"}))
     return v1, v2
+
+
+def train_digits() -> Any:
+    """digits.train() under a progress bar drawn from its step callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from shipyard.train.callbacks import StepInfo
+    from shipyard.zoo import digits
+
+    columns = (TextColumn("training digits on scikit-learn's digits"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("steps, loss {task.fields[loss]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("digits", total=None, loss="-")
+
+        def on_step(info: StepInfo) -> None:
+            bar.update(task, completed=info.step, total=info.total, loss=f"{float(info.loss):.3f}")
+
+        model = digits.train(on_step=on_step)
+    console.print(f"trained digits ({bar.tasks[0].completed:.0f} steps, final loss {bar.tasks[0].fields['loss']})")
+    return model
 
 
 def comparison(versions: list[Manifest]) -> Table:

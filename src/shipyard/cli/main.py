@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from shipyard.cli.common import JsonOpt, RepoOpt, fail, run, settings
+from shipyard.cli.common import CONTEXT, JsonOpt, RepoOpt, document_settings, fail, quiet_libraries, run, settings
 from shipyard.cli.infer import infer_cmd
 from shipyard.cli.keys import keys_app
 from shipyard.cli.zoo import zoo_app
 
 # The subcommand modules hold typer apps only and import their work lazily. Registration order is
 # the order `shipyard --help` lists the commands in.
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, context_settings=CONTEXT,
                   help="Turn a trained model into a fast, compact, versioned service.")
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect, import and remove models.")
 app.add_typer(models_app, name="models")
 app.add_typer(zoo_app, name="zoo")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from shipyard.cli.common import version_text
+
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool | None, typer.Option("--version", "-V", is_eager=True, callback=_print_version,
+                                                 help="Print the version (then its main libraries') and exit.")] = None,
+) -> None:
+    """Turn a trained model into a fast, compact, versioned service."""
 
 
 @app.command()
@@ -38,8 +54,8 @@ def demo(
 @app.command("serve")
 def serve_cmd(
     repository: RepoOpt = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind [env SHIPYARD_HOST; default 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="HTTP port [env SHIPYARD_PORT; default 8000].")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated models to load (default: all).")] = None,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads per model (default: all cores).")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Override every model's max_batch_size (1 = batching off).")] = None,
@@ -49,14 +65,14 @@ def serve_cmd(
     max_request_bytes: Annotated[int | None, typer.Option(help="Largest request body (413 beyond).")] = None,
     device: Annotated[str | None, typer.Option(help="'cpu' or 'cuda'.")] = None,
     spin: Annotated[bool | None, typer.Option("--spin/--no-spin", help="Let ONNX Runtime threads spin between ops (default: no; spinning burns CPU the server needs).")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle-based model files.")] = False,
+    trust_pickle: Annotated[bool | None, typer.Option("--trust-pickle", help="Allow pickle-based model files.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     kv_cache_mb: Annotated[int | None, typer.Option(help="Override every causal LM's KV-cache memory in MiB (default 512).")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(help="Override every causal LM's limit of sequences decoded together (default 32).")] = None,
-    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (KServe V2 gRPC) [env SHIPYARD_GRPC_PORT; default 8001]; 0 turns gRPC off.")] = None,
-    auth: Annotated[Path | None, typer.Option(help="API key file from `shipyard keys create` [env SHIPYARD_AUTH]; every route but health then needs a key.")] = None,
-    model_control: Annotated[str | None, typer.Option(help="'none': serve what was loaded at start-up until POST .../load; 'poll': load new versions and models and drop removed ones as the repository changes [env SHIPYARD_MODEL_CONTROL; default none].")] = None,
-    poll_interval_s: Annotated[float | None, typer.Option(help="Seconds between looks at the repository with --model-control poll [env SHIPYARD_POLL_INTERVAL_S; default 2].")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (KServe V2 gRPC); 0 turns gRPC off.")] = None,
+    auth: Annotated[Path | None, typer.Option(help="API key file from `shipyard keys create`; every route but health then needs a key.")] = None,
+    model_control: Annotated[str | None, typer.Option(help="'none': serve what was loaded at start-up until POST .../load; 'poll': load new versions and models and drop removed ones as the repository changes.")] = None,
+    poll_interval_s: Annotated[float | None, typer.Option(help="Seconds between looks at the repository with --model-control poll.")] = None,
 ) -> None:
     """Serve models over KServe V2 REST with dynamic batching, and causal LMs over OpenAI's API."""
     from shipyard.serve.app import serve
@@ -172,17 +188,28 @@ def optimize_cmd(
     """Compress/convert a version with a recipe, preset or search; publish it with a measured report."""
     from shipyard.cli.optimize import run_optimize
 
-    run(run_optimize, settings(repository=repository).repository, ref, recipe, preset, auto, max_accuracy_drop,
-        objective, eval_data, calibrate, train, threads, as_json, latency_budget)
+    s = settings(repository=repository, threads=threads)  # SHIPYARD_THREADS applies here too
+    run(run_optimize, s.repository, ref, recipe, preset, auto, max_accuracy_drop,
+        objective, eval_data, calibrate, train, s.threads, as_json, latency_budget)
 
 
 app.add_typer(keys_app, name="keys")
 app.command("infer")(infer_cmd)
 
 
+def command(documented: bool = True) -> Any:
+    """The click command typer builds from `app`; `documented`: with every setting's environment
+    variable and default in its options' help (that reads `shipyard.config`, so only for help)."""
+    built = typer.main.get_command(app)
+    if documented:
+        document_settings(built)
+    return built
+
+
 def main() -> None:
+    quiet_libraries()
     try:
-        app()
+        command(documented=bool({"-h", "--help"} & set(sys.argv[1:])))(prog_name="shipyard")
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
 

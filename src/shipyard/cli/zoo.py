@@ -14,7 +14,7 @@ zoo_app.add_typer(train_app, name="train")
 
 @train_app.command("code-lm")
 def train_code_lm(
-    repository: Annotated[Path | None, typer.Option("--repository", "-r", help="Model repository folder [env SHIPYARD_REPOSITORY].")] = None,
+    repository: Annotated[Path | None, typer.Option("--repository", "-r", help="Model repository folder.")] = None,
     size: Annotated[str, typer.Option(help="demo (about 2 min on 2 cores) or small (longer, better text).")] = "demo",
     steps: Annotated[int | None, typer.Option(help="Override the size's number of training steps.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Override the size's wall-clock cap on training (the demo stops at 150 s, however many steps ran).")] = None,

@@ -16,6 +16,7 @@ import numpy as np
 from shipyard.errors import InvalidInput, UnsafeModel
 from shipyard.repository import Signature, TensorSpec
 from shipyard.runtimes.base import Runtime, RuntimeOptions
+from shipyard.runtimes.torch_dtypes import writable
 
 WEIGHT_SUFFIXES = (".safetensors",)
 COPY_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".jinja", ".tiktoken")
@@ -81,7 +82,7 @@ class HFTransformersRuntime(Runtime):
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
-            kwargs = {n: torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self.input_names if n in inputs}
+            kwargs = {n: torch.from_numpy(writable(inputs[n])).to(self.device) for n in self.input_names if n in inputs}
             result = self.model(**kwargs)
         return {n: result[n].float().cpu().numpy() for n in outputs}
 

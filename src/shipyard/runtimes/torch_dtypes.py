@@ -1,8 +1,19 @@
-"""torch dtypes as KServe V2 datatypes (torch is imported only when asked)."""
+"""torch dtypes as KServe V2 datatypes, and numpy inputs as torch takes them (torch is imported
+only when asked)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
+
+
+def writable(array: np.ndarray) -> np.ndarray:
+    """The array itself when it is C-contiguous and writable, else a copy that is. Binary and raw
+    inputs are views of the request's immutable bytes (`np.frombuffer`): `torch.from_numpy` would
+    warn on each one and hand the model a tensor it must not write. Copying here, rather than
+    where the view is made, costs nothing for the runtimes that read read-only memory (ONNX Runtime)."""
+    return np.require(array, requirements=("C", "W"))
 
 
 def torch_to_v2(dtype: Any) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.runtimes.base import Runtime
+from shipyard.runtimes.torch_dtypes import writable
 
 
 class TorchModuleRuntime(Runtime):
@@ -31,7 +32,7 @@ class TorchModuleRuntime(Runtime):
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self.input_names]
+            args = [torch.from_numpy(writable(inputs[n])).to(self.device) for n in self.input_names]
             result = self.module(*args)
         if isinstance(result, torch.Tensor):
             result = (result,)

@@ -75,7 +75,8 @@ def create_app(settings: Settings, models: list[str] | None = None) -> FastAPI:
         await plane.run_blocking(manager.close)
         plane.close()
 
-    app = FastAPI(title="shipyard", version=__version__, lifespan=lifespan)
+    # The docs channel serves /docs and /redoc itself, from local assets.
+    app = FastAPI(title="shipyard", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.ready = False
     app.state.dataplane = plane

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from shipyard.repository import Signature, TensorSpec
+from shipyard.train.callbacks import StepCallback, StepInfo
 
 SIGNATURE = Signature(
     inputs=[TensorSpec(name="pixels", datatype="FP32", shape=[-1, 1, 8, 8])],
@@ -63,8 +64,10 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(pixels))
 
 
-def train(epochs: int = 25, batch_size: int = 64, seed: int = SEED) -> DigitsCNN:
-    """Seeded training on the train split: about 2-3 s on 2 cores, ~98% test accuracy."""
+def train(epochs: int = 25, batch_size: int = 64, seed: int = SEED,
+          on_step: StepCallback | None = None) -> DigitsCNN:
+    """Seeded training on the train split: about 2-3 s on 2 cores, ~98% test accuracy.
+    `on_step` is called after every optimizer step (the CLI draws its progress bar from it)."""
     torch.manual_seed(seed)
     data = load("train")
     x, y = torch.from_numpy(data.pixels), torch.from_numpy(data.labels)
@@ -73,7 +76,8 @@ def train(epochs: int = 25, batch_size: int = 64, seed: int = SEED) -> DigitsCNN
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    step = 0
+    for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
@@ -83,6 +87,10 @@ def train(epochs: int = 25, batch_size: int = 64, seed: int = SEED) -> DigitsCNN
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
+            if on_step is not None:
+                on_step(StepInfo(step=step, total=steps, epoch=epoch, rank=0, world=1, loss=loss.detach(),
+                                 lr=sched.get_last_lr()[0], checkpoint=None))
     return model.eval()
 
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 # The channels, in the order their routes are mounted and their paths are checked.
-REGISTRY = ("rest_v2", "grpc_v2", "rest_v1", "openai", "metrics")
+REGISTRY = ("rest_v2", "grpc_v2", "rest_v1", "openai", "metrics", "docs")
 
 
 class Listener(Protocol):
