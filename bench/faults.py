@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -175,18 +177,6 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def classify(status: int | None, headers: httpx.Headers | None) -> str:
-    if status is None:
-        return "timed_out"
-    if status == 200:
-        return "answered"
-    if status in (429, 503) and headers is not None and "retry-after" in headers:
-        return "shed"
-    if 400 <= status < 500:
-        return "other_4xx"
-    return "5xx"
-
-
 class Probe:
     """Calls one cheap endpoint every `every` seconds and keeps each call's latency (ms)."""
 
@@ -231,65 +221,123 @@ def health_probe(server: Server) -> Probe:
 
 
 # -- overload -------------------------------------------------------------------------------------
-async def capacity(url: str, body: dict[str, Any], concurrency: int, seconds: float) -> float:
-    done = 0
+# The load runs in a process of its own, at a lower priority than the server and the probe, and speaks
+# raw HTTP/1.1 over asyncio streams with each request's bytes built once: httpx on these 2 cores tops
+# out near 150 requests/s, below the rates this phase must offer, and a generator sharing the probe's
+# event loop would count its own lag against the server.
+def _request_bytes(port: int, path: str, body: dict[str, Any]) -> bytes:
     payload = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+
+
+class _RawPool:
+    """Keep-alive connections to one server, opened on demand; answers are read by Content-Length."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def post(self, request: bytes) -> tuple[int, bool]:
+        """(status, has Retry-After) of one request; raises OSError, TimeoutError, IncompleteReadError."""
+        conn = None
+        while self.idle and conn is None:
+            r, w, t = self.idle.pop()
+            if time.perf_counter() - t < 1.0 and not r.at_eof():  # well inside the server's keep-alive
+                conn = (r, w)
+            else:
+                w.close()
+        if conn is None:
+            conn = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = conn
+        try:
+            writer.write(request)
+            head = (await reader.readuntil(b"\r\n\r\n")).lower()
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        if b"\r\nconnection: close" in head:
+            writer.close()
+        else:
+            self.idle.append((reader, writer, time.perf_counter()))
+        return status, b"\r\nretry-after:" in head
+
+
+async def _closed_loop(port: int, request: bytes, concurrency: int, seconds: float) -> float:
+    pool, done = _RawPool(port), 0
     stop = time.perf_counter() + seconds
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < stop:
-                r = await client.post(url, content=payload, headers=JSON)
-                done += r.status_code == 200
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            status, _ = await asyncio.wait_for(pool.post(request), 60)
+            done += status == 200
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - t0)
+
+
+async def _open_loop(port: int, request: bytes, rate: float, seconds: float, timeout: float) -> dict[str, Any]:
+    pool, counts, latencies = _RawPool(port), Counter[str](), []
+
+    async def one() -> None:
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done / (time.perf_counter() - t0)
-
-
-async def offer(server: Server, url: str, body: dict[str, Any], rate: float, seconds: float,
-                timeout: float) -> dict[str, Any]:
-    """Open loop: a request every 1/rate seconds whatever the answers, each with `timeout`."""
-    counts: Counter[str] = Counter()
-    latencies: list[float] = []
-    payload = json.dumps(body).encode()  # encoded once: the client must not be what limits the rate
-    limits = httpx.Limits(max_connections=4000, max_keepalive_connections=200)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        async def one() -> None:
-            t0 = time.perf_counter()
-            try:
-                r = await client.post(url, content=payload, headers=JSON)
-                kind = classify(r.status_code, r.headers)
-            except httpx.TimeoutException:
-                kind = "timed_out"
-            except httpx.HTTPError:
-                kind = "connection_error"
-            counts[kind] += 1
-            if kind == "answered":
+        try:
+            status, retry_after = await asyncio.wait_for(pool.post(request), timeout)
+            if status == 200:
+                kind = "answered"
                 latencies.append(time.perf_counter() - t0)
+            elif status in (429, 503) and retry_after:
+                kind = "shed"
+            else:
+                kind = "other_4xx" if 400 <= status < 500 else "5xx"
+        except TimeoutError:
+            kind = "timed_out"
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            kind = "connection_error"
+        counts[kind] += 1
 
-        tasks = []
-        with health_probe(server) as probe:
-            start = time.perf_counter()
-            n = int(rate * seconds)
-            for i in range(n):
-                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-                tasks.append(asyncio.create_task(one()))
-            offered_s = time.perf_counter() - start
-            await asyncio.gather(*tasks)
+    tasks = []
+    start = time.perf_counter()
+    n = int(rate * seconds)
+    for i in range(n):
+        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(one()))
+    offered_s = time.perf_counter() - start
+    await asyncio.gather(*tasks)
     return {"offered": n, "offered_rate": round(n / offered_s, 1), **dict(counts),
-            "answered_p50_s": round(percentile(latencies, 50), 3), "health": probe.summary()}
+            "answered_p50_s": round(percentile(latencies, 50), 3)}
+
+
+def _generator(kind: str, port: int, path: str, body: dict[str, Any], *args: float) -> Any:
+    """Runs in the load process: `closed` -> capacity in req/s, `open` -> the counts of _open_loop."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    request = _request_bytes(port, path, body)
+    if kind == "closed":
+        return asyncio.run(_closed_loop(port, request, int(args[0]), args[1]))
+    return asyncio.run(_open_loop(port, request, *args))
 
 
 async def phase_overload(server: Server, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for label, path, body, conc, timeout in (("rest_v2 heavy", "/v2/models/heavy/infer", HEAVY, 16, 30.0),
-                                             ("openai lm", "/v1/completions", COMPLETION, 16, 60.0)):
-        url = server.url + path
-        cap = await capacity(url, body, conc, seconds)
-        log(f"{label}: capacity {cap:.1f} req/s at concurrency {conc}; offering {4 * cap:.1f} req/s")
-        result = await offer(server, url, body, 4 * cap, seconds, timeout)
-        out[label] = {"capacity_rps": round(cap, 1), **result}
-        await asyncio.sleep(2)
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as load:
+        for label, path, body, conc, timeout in (("rest_v2 heavy", "/v2/models/heavy/infer", HEAVY, 16, 30.0),
+                                                 ("openai lm", "/v1/completions", COMPLETION, 16, 60.0)):
+            cap = await asyncio.wrap_future(load.submit(_generator, "closed", server.port, path, body, conc, seconds))
+            log(f"{label}: capacity {cap:.1f} req/s at concurrency {conc}; offering {4 * cap:.1f} req/s")
+            with health_probe(server) as probe:
+                result = await asyncio.wrap_future(load.submit(_generator, "open", server.port, path, body,
+                                                               4 * cap, seconds, timeout))
+            out[label] = {"capacity_rps": round(cap, 1), **result, "health": probe.summary()}
+            await asyncio.sleep(2)
     return out
 
 
@@ -350,6 +398,21 @@ async def phase_connections(server: Server, seconds: float, idle: int = 1000, sl
 
 
 # -- large bodies ---------------------------------------------------------------------------------
+def _send_body(url: str, path: str, kind: str) -> Any:
+    """One large request from the sender process: its status, or the error's name."""
+    if kind == "big":
+        body = b"{" + b" " * (100 << 20) + b"}"
+    elif kind == "prompt":
+        body = json.dumps({"model": "lm", "max_tokens": 1, "prompt": "a" * (4 << 20)}).encode()
+    else:
+        return httpx.get(url + path, timeout=30).status_code
+    try:
+        return httpx.post(url + path, content=body, headers={"Content-Type": "application/json"},
+                          timeout=120).status_code
+    except httpx.HTTPError as e:
+        return type(e).__name__
+
+
 async def phase_bigbody(server: Server) -> dict[str, Any]:
     import grpc
 
@@ -368,27 +431,22 @@ async def phase_bigbody(server: Server) -> dict[str, Any]:
         if r.status_code != 200:
             raise RuntimeError(r.status_code)
 
-    big = b"{" + b" " * (100 << 20) + b"}"
-    prompt = json.dumps({"model": "lm", "max_tokens": 1, "prompt": "a" * (4 << 20)}).encode()
     answers: dict[str, Any] = {}
     probes = [health_probe(server), Probe(grpc_live), Probe(small_infer)]
-    def send(path: str, body: bytes) -> Any:
-        # In a thread with its own client, so that pushing 100 MB does not stall the probes' loop.
-        try:
-            return httpx.post(server.url + path, content=body, headers={"Content-Type": "application/json"},
-                              timeout=120).status_code
-        except httpx.HTTPError as e:
-            return type(e).__name__
-
-    with probes[0], probes[1], probes[2]:
-        await asyncio.sleep(1)
-        for label, path, body in (("100 MB to /v2 infer", "/v2/models/digits/infer", big),
-                                  ("100 MB to /v1/completions", "/v1/completions", big),
-                                  ("4 MB prompt", "/v1/completions", prompt)):
-            t0 = time.perf_counter()
-            status = await asyncio.to_thread(send, path, body)
-            answers[label] = {"status": status, "seconds": round(time.perf_counter() - t0, 2)}
-        await asyncio.sleep(1)
+    # The sender is a process of its own: a client copying 100 MB under its GIL (h11 joins the
+    # body) would otherwise stall the probes' loop and be counted against the server.
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as sender:
+        await asyncio.wrap_future(sender.submit(_send_body, server.url, "/v2/health/live", "none"))  # started
+        with probes[0], probes[1], probes[2]:
+            await asyncio.sleep(1)
+            for label, path, body in (("100 MB to /v2 infer", "/v2/models/digits/infer", "big"),
+                                      ("100 MB to /v1/completions", "/v1/completions", "big"),
+                                      ("4 MB prompt", "/v1/completions", "prompt")):
+                t0 = time.perf_counter()
+                status = await asyncio.wrap_future(sender.submit(_send_body, server.url, path, body))
+                answers[label] = {"status": status, "seconds": round(time.perf_counter() - t0, 2)}
+            await asyncio.sleep(1)
     await small.aclose()
     await channel.close()
     return {"answers": answers, "rest_health": probes[0].summary(), "grpc_live": probes[1].summary(),

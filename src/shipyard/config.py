@@ -149,6 +149,13 @@ class ModelConfig(BaseModel):
         default_factory=GenerationConfig, description="Generation engine settings (causal LMs only)."
     )
     routing: RoutingConfig | None = Field(None, description="Traffic split and shadow for requests without a version.")
+    reject_non_finite: bool = Field(
+        False,
+        description="Refuse (400, naming the input and the first bad index) a request whose float "
+        "inputs hold NaN or infinity, a JSON number past the datatype's range (1e300 in FP32) "
+        "included. Off: such values reach the model; either way they are counted in "
+        "shipyard_non_finite_total. Read when the model loads.",
+    )
 
 
 class Settings(BaseSettings):
@@ -184,6 +191,65 @@ class Settings(BaseSettings):
     auth: Path | None = Field(
         None, description="API key file (YAML, written by `shipyard keys create`); every route but "
         "health then needs a key. None: no keys needed."
+    )
+    # Connections (HTTP and gRPC): a client that never finishes a request must not hold a
+    # connection, a file descriptor and a parser's buffers for ever.
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600,
+        description="Time a connection has to send a request's headers, from its first byte (or from "
+        "connecting, for the first request): past it a partial request is answered 408, a silent "
+        "connection is closed. On gRPC, the time to send the HTTP/2 preface and settings.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="Longest pause allowed between two pieces of a request body: past it the request is "
+        "answered 408 and the connection closed. A slow body that keeps coming is not cut off.",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, le=3600,
+        description="How long an HTTP connection is kept open after an answer, waiting for its next "
+        "request (uvicorn's timeout_keep_alive).",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024,
+        description="Largest request line and headers together (as h11's default); past it a request "
+        "is answered 431.",
+    )
+    max_connections: int = Field(
+        4096, ge=1, le=1_000_000,
+        description="Most connections open at once on each port (HTTP and gRPC). Past it, a new HTTP "
+        "connection is answered 503 with Retry-After and closed; a new gRPC one is closed at once. The "
+        "default leaves room for a flood of idle clients (closed after header_timeout_s) without "
+        "refusing health probes meanwhile; the open-files limit is raised to match when it can be.",
+    )
+    grpc_max_connection_idle_s: float = Field(
+        300.0, ge=0, le=86400,
+        description="A gRPC connection without a call for this long is sent GOAWAY (the client "
+        "reconnects on its next call). 0: never.",
+    )
+    grpc_max_connection_age_s: float = Field(
+        0.0, ge=0, le=86400 * 30,
+        description="A gRPC connection older than this (give or take 10%) is sent GOAWAY, so that "
+        "clients spread over new servers behind a load balancer. 0: never.",
+    )
+    grpc_max_connection_age_grace_s: float = Field(
+        30.0, ge=0, le=86400,
+        description="After the GOAWAY of grpc_max_connection_age_s, how long calls in flight may "
+        "finish before the connection is closed.",
+    )
+    grpc_keepalive_time_s: float = Field(
+        60.0, ge=1, le=86400,
+        description="The server pings a gRPC connection silent for this long, to find clients that "
+        "vanished without closing (the connection is closed if no answer comes in 20 s).",
+    )
+    grpc_min_ping_interval_s: float = Field(
+        10.0, ge=1, le=86400,
+        description="Clients may ping at most this often (calls or not); a client that pings more "
+        "often is sent GOAWAY (ENHANCE_YOUR_CALM) after two such pings.",
+    )
+    grpc_max_concurrent_streams: int = Field(
+        256, ge=1, le=1_000_000,
+        description="Most calls in flight at once on one gRPC connection; clients queue the rest.",
     )
 
     # Model control (issue 13): whether the server follows the repository while it runs.

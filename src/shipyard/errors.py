@@ -7,11 +7,13 @@ from itertools import islice
 
 
 class ShipyardError(Exception):
-    """Base of every error a user or client can cause. The message names the problem and the fix."""
+    """Base of every error a user or client can cause. The message names the problem and the fix;
+    `param`, when known, is the one request field at fault (OpenAI's error shape names it)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
 
 
 class NotFound(ShipyardError):
@@ -24,6 +26,18 @@ class InvalidInput(ShipyardError):
 
 class PayloadTooLarge(InvalidInput):
     """A request body larger than the configured limit."""
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A request body in an encoding the server does not decode (an unknown Content-Encoding)."""
+
+
+class RequestTimeout(InvalidInput):
+    """A request whose headers or body did not arrive in time (a slow or stalled client)."""
+
+
+class HeadersTooLarge(InvalidInput):
+    """A request line and headers larger than the configured limit."""
 
 
 class Unavailable(ShipyardError):

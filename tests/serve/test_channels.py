@@ -9,8 +9,7 @@ import pytest
 
 from shipyard import errors
 from shipyard.protocol import status
-from shipyard.serve.channels import REGISTRY, channels
-from shipyard.serve.channels.http_access import access_table, route_of
+from shipyard.serve.channels import REGISTRY, channels, path_table, route_of
 from tests.fixtures import ROOT
 
 CHANNELS = ROOT / "src/shipyard/serve/channels"
@@ -40,7 +39,7 @@ def test_every_registered_channel_declares_itself_under_its_folder_name() -> Non
     ("/docsx", ("http", None)),
 ])
 def test_the_access_table_names_each_paths_channel_and_model(path: str, route: tuple[str, str | None]) -> None:
-    assert route_of(access_table(channels()), path) == route
+    assert route_of(path_table(channels()), path) == route
 
 
 def test_keys_help_lists_the_registered_channels() -> None:
@@ -66,6 +65,8 @@ WIRE = {
     errors.InferenceFailed: (500, "INTERNAL"), errors.TrainingFailed: (400, "INVALID_ARGUMENT"),
     errors.Unauthenticated: (401, "UNAUTHENTICATED"), errors.PermissionDenied: (403, "PERMISSION_DENIED"),
     errors.RateLimited: (429, "RESOURCE_EXHAUSTED"), errors.Disconnected: (499, "CANCELLED"),
+    errors.UnsupportedMediaType: (415, "INVALID_ARGUMENT"),
+    errors.RequestTimeout: (408, "DEADLINE_EXCEEDED"), errors.HeadersTooLarge: (431, "RESOURCE_EXHAUSTED"),
 }
 
 

@@ -54,6 +54,22 @@ def test_grpc_health_service(server: ServerProcess) -> None:
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_server_reflection_describes_the_service(server: ServerProcess) -> None:
+    """grpcurl-style tools find the services and messages by reflection, without .proto files
+    (issue 13), through grpcio-reflection's own client-side descriptor database."""
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= services, services
+        service = DescriptorPool(database).FindServiceByName("inference.GRPCInferenceService")
+        infer = service.FindMethodByName("ModelInfer")
+        assert infer.input_type.name == "ModelInferRequest"
+        assert "raw_input_contents" in infer.input_type.fields_by_name
+
+
 def test_accuracy_equals_in_process(client: tgrpc.InferenceServerClient, serve_repo: Repository) -> None:
     pixels, labels = digits_test()
     for version in (1, 2):

@@ -194,43 +194,44 @@ def test_full_queue_is_503_with_retry_after(lm_server: ServerProcess) -> None:
     assert "max_queue_size 1" in err["message"] and err["type"] == "service_unavailable_error"
 
 
-BAD: list[tuple[str, dict[str, Any] | bytes, int, str, str | None]] = [
-    ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "unknown model 'nope'", "model_not_found"),
-    ("/v1/completions", {"model": "notlm", "prompt": "x"}, 404, "not a generative one", "model_not_found"),
+BAD: list[tuple[str, dict[str, Any] | bytes, int, str, str | None, str | None]] = [
+    ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "unknown model 'nope'", "model_not_found", "model"),
+    ("/v1/completions", {"model": "notlm", "prompt": "x"}, 404, "not a generative one", "model_not_found", "model"),
     ("/v1/completions", {"model": "lm", "prompt": "x", "max_tokens": 500}, 400, "context is 128 tokens",
-     "context_length_exceeded"),
-    ("/v1/completions", {"model": "lm", "prompt": "def " * 200}, 400, "Shorten the prompt", "context_length_exceeded"),
+     "context_length_exceeded", "prompt"),
+    ("/v1/completions", {"model": "lm", "prompt": "def " * 200}, 400, "Shorten the prompt", "context_length_exceeded", "prompt"),
     ("/v1/chat/completions", {"model": "lm", "messages": [{"role": "user", "content": "x " * 300}]}, 400,
-     "context is 128 tokens", "context_length_exceeded"),
-    ("/v1/completions", {"model": "lm", "prompt": "x", "temperature": 5}, 400, "temperature", None),
-    ("/v1/completions", {"model": "lm", "prompt": "x", "top_p": 0}, 400, "top_p", None),
-    ("/v1/completions", {"model": "lm", "prompt": "x", "n": 0}, 400, "n:", None),
-    ("/v1/completions", {"model": "lm", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", None),
-    ("/v1/completions", {"model": "lm", "prompt": "x", "logprobs": 30}, 400, "logprobs", None),
-    ("/v1/completions", {"model": "lm", "prompt": "x", "stop": ["a", ""]}, 400, "stop", None),
-    ("/v1/completions", {"model": "lm", "prompt": "x", "presence_penalty": 1}, 400, "presence_penalty", None),
-    ("/v1/completions", {"model": "lm", "prompt": "x", "echo": True}, 400, "echo", None),
-    ("/v1/completions", {"model": "lm", "prompt": [100000]}, 400, "token ids must be in", None),
-    ("/v1/completions", {"model": "lm", "prompt": []}, 400, "prompt", None),
+     "context is 128 tokens", "context_length_exceeded", "messages"),
+    ("/v1/completions", {"model": "lm", "prompt": "x", "temperature": 5}, 400, "temperature", None, "temperature"),
+    ("/v1/completions", {"model": "lm", "prompt": "x", "top_p": 0}, 400, "top_p", None, "top_p"),
+    ("/v1/completions", {"model": "lm", "prompt": "x", "n": 0}, 400, "n:", None, "n"),
+    ("/v1/completions", {"model": "lm", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", None, "max_tokens"),
+    ("/v1/completions", {"model": "lm", "prompt": "x", "logprobs": 30}, 400, "logprobs", None, "logprobs"),
+    ("/v1/completions", {"model": "lm", "prompt": "x", "stop": ["a", ""]}, 400, "stop", None, "stop"),
+    ("/v1/completions", {"model": "lm", "prompt": "x", "presence_penalty": 1}, 400, "presence_penalty", None, "presence_penalty"),
+    ("/v1/completions", {"model": "lm", "prompt": "x", "echo": True}, 400, "echo", None, "echo"),
+    ("/v1/completions", {"model": "lm", "prompt": [100000]}, 400, "token ids must be in", None, "prompt"),
+    ("/v1/completions", {"model": "lm", "prompt": []}, 400, "prompt", None, "prompt"),
     # Issue 13 D9: more prompts than the queue holds can never fit (they were 503 "retry shortly").
-    ("/v1/completions", {"model": "lm", "prompt": ["x"] * 300}, 400, "queues at most 256 requests (max_queue_size)", None),
-    ("/v1/completions", {"model": "lm", "prompt": ["x"] * 20, "n": 16}, 400, "320 completions (20 prompts x n=16)", None),
-    ("/v1/completions", {"model": "lm"}, 400, "prompt: Field required", "missing"),
-    ("/v1/completions", {"prompt": "x"}, 400, "model: Field required", "missing"),
-    ("/v1/completions", b"{not json", 400, "not valid JSON", None),
-    ("/v1/chat/completions", {"model": "lm", "messages": []}, 400, "messages", None),
-    ("/v1/chat/completions", {"model": "lm", "messages": [{"role": "robot", "content": "x"}]}, 400, "role", None),
+    ("/v1/completions", {"model": "lm", "prompt": ["x"] * 300}, 400, "queues at most 256 requests (max_queue_size)", None, "prompt"),
+    ("/v1/completions", {"model": "lm", "prompt": ["x"] * 20, "n": 16}, 400, "320 completions (20 prompts x n=16)", None, "n"),
+    ("/v1/completions", {"model": "lm"}, 400, "prompt: Field required", "missing", "prompt"),
+    ("/v1/completions", {"prompt": "x"}, 400, "model: Field required", "missing", "model"),
+    ("/v1/completions", b"{not json", 400, "not valid JSON", None, None),
+    ("/v1/chat/completions", {"model": "lm", "messages": []}, 400, "messages", None, "messages"),
+    ("/v1/chat/completions", {"model": "lm", "messages": [{"role": "robot", "content": "x"}]}, 400, "role", None, "messages"),
     ("/v1/chat/completions", {"model": "lm", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
-     400, "top_logprobs needs logprobs", None),
+     400, "top_logprobs needs logprobs", None, "top_logprobs"),
     ("/v1/chat/completions", {"model": "lm", "messages": [{"role": "user", "content": "x"}],
-                              "tools": [{"type": "function"}]}, 400, "tools", None),
+                              "tools": [{"type": "function"}]}, 400, "tools", None, "tools"),
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "status", "message", "code"), BAD,
+@pytest.mark.parametrize(("path", "body", "status", "message", "code", "param"), BAD,
                          ids=[f"{i}-{b[2]}" for i, b in enumerate(BAD)])
 def test_bad_requests_get_openai_errors(lm_server: ServerProcess, path: str, body: dict[str, Any] | bytes,
-                                        status: int, message: str, code: str | None) -> None:
+                                        status: int, message: str, code: str | None, param: str | None) -> None:
+    """Each names the field at fault in `param` (issue 13: unsupported parameters name themselves)."""
     kwargs: dict[str, Any] = {"content": body, "headers": {"content-type": "application/json"}} \
         if isinstance(body, bytes) else {"json": body}
     r = httpx.post(f"{lm_server.url}{path}", timeout=30, **kwargs)
@@ -241,6 +242,7 @@ def test_bad_requests_get_openai_errors(lm_server: ServerProcess, path: str, bod
     assert err["type"] == "invalid_request_error"
     if code is not None:
         assert err["code"] == code
+    assert (err["param"] or "").split(".")[0] == (param or ""), err
 
 
 def test_openai_client_raises_typed_errors(client: openai.OpenAI) -> None:
@@ -259,3 +261,44 @@ def test_a_long_stop_list_is_not_echoed_whole(lm_server: ServerProcess) -> None:
                    json={"model": "lm", "prompt": "x", "stop": ["a"] * 100_000})
     assert r.status_code == 400, r.text
     assert "(100000 items)" in r.json()["error"]["message"] and len(r.content) < 1000, len(r.content)
+
+
+def test_v1_models_answers_openai_and_kserve_v1_clients(lm_server: ServerProcess, client: openai.OpenAI) -> None:
+    """OpenAI's list and KServe V1's share GET /v1/models: one body holds both (issue 13); the
+    openai client reads `data` (the LMs), a KServe V1 client `models` (every ready model)."""
+    body = httpx.get(f"{lm_server.url}/v1/models", timeout=30).json()
+    assert body["object"] == "list"
+    assert sorted(m["id"] for m in body["data"]) == ["lm", "lm-llama", "lm-one"]
+    assert body["models"] == ["lm", "lm-llama", "lm-one", "notlm"]
+    assert sorted(m.id for m in client.models.list()) == ["lm", "lm-llama", "lm-one"]
+
+
+def test_unknown_v1_paths_answer_in_openai_shape(lm_server: ServerProcess, client: openai.OpenAI) -> None:
+    """An OpenAI route shipyard lacks and a mistyped one reach the openai client as a typed error
+    with the message (they were `{"error": "..."}`, which it shows as raw JSON)."""
+    with pytest.raises(openai.NotFoundError) as e:
+        client.embeddings.create(model="lm", input="x")
+    assert e.value.body["message"] == "no such endpoint: POST /v1/embeddings"  # type: ignore[index]
+    assert e.value.code == "unknown_url" and e.value.type == "invalid_request_error"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.get("/completionz", cast_to=httpx.Response)
+    assert e.value.body["message"] == "no such endpoint: GET /v1/completionz"  # type: ignore[index]
+    r = httpx.delete(f"{lm_server.url}/v1/completions", timeout=30)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed", r.text
+    # TF Serving's paths under /v1/models/{m} keep their own shape, as V2's do.
+    r = httpx.get(f"{lm_server.url}/v1/models/nope/versions/1", timeout=30)
+    assert r.status_code == 404 and isinstance(r.json()["error"], str), r.text
+    r = httpx.get(f"{lm_server.url}/v2/nope", timeout=30)
+    assert r.status_code == 404 and isinstance(r.json()["error"], str), r.text
+
+
+def test_unsupported_parameters_name_themselves_to_the_client(client: openai.OpenAI) -> None:
+    for kwargs in ({"presence_penalty": 0.5}, {"frequency_penalty": 1.0}, {"logit_bias": {"1": 5}}, {"echo": True}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="lm", prompt="x", max_tokens=1, **kwargs)  # type: ignore[call-overload]
+        (name,) = kwargs
+        assert e.value.param == name and "not supported by this server" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="lm", messages=[{"role": "user", "content": "x"}], max_tokens=1,
+                                       response_format={"type": "json_object"})
+    assert e.value.param == "response_format"

@@ -50,8 +50,11 @@ def test_a_key_reaches_only_its_models(keyed: tuple[ServerProcess, dict[str, str
     assert "may not use model 'nope'" in e.value.message
     assert [m.id for m in lm_only.models.list()] == ["lm"]
     assert sorted(m.id for m in client(server, keys["all"]).models.list()) == ["lm", "lm-llama"]
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError) as e:
         client(server, "sy_wrong").completions.create(model="lm", prompt="x", max_tokens=1)
+    assert e.value.code == "invalid_api_key" and "key" in e.value.message  # OpenAI's shape from the gate
+    r = httpx.get(f"{server.url}/v2/models/lm", headers={"authorization": "Bearer sy_wrong"})
+    assert r.status_code == 401 and isinstance(r.json()["error"], str)  # V2 keeps its own
 
 
 def test_openai_requests_are_counted_in_the_metrics(keyed: tuple[ServerProcess, dict[str, str]]) -> None:

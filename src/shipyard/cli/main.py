@@ -73,6 +73,10 @@ def serve_cmd(
     auth: Annotated[Path | None, typer.Option(help="API key file from `shipyard keys create`; every route but health then needs a key.")] = None,
     model_control: Annotated[str | None, typer.Option(help="'none': serve what was loaded at start-up until POST .../load; 'poll': load new versions and models and drop removed ones as the repository changes.")] = None,
     poll_interval_s: Annotated[float | None, typer.Option(help="Seconds between looks at the repository with --model-control poll.")] = None,
+    header_timeout_s: Annotated[float | None, typer.Option(help="Seconds a connection has to send a request's headers (408 past it; silent connections are closed).")] = None,
+    body_timeout_s: Annotated[float | None, typer.Option(help="Longest pause in seconds between two pieces of a request body (408 past it).")] = None,
+    keep_alive_timeout_s: Annotated[float | None, typer.Option(help="Seconds an idle HTTP connection is kept for its next request.")] = None,
+    max_connections: Annotated[int | None, typer.Option(help="Most connections open at once on each port, HTTP and gRPC (503 past it).")] = None,
 ) -> None:
     """Serve models over KServe V2 REST with dynamic batching, and causal LMs over OpenAI's API."""
     from shipyard.serve.app import serve
@@ -83,6 +87,8 @@ def serve_cmd(
             trust_pickle=trust_pickle or None, kv_cache_mb=kv_cache_mb, max_num_seqs=max_num_seqs)
     s = run(settings, **{**s.model_dump(), "grpc_port": grpc_port, "auth": auth})
     s = run(settings, **{**s.model_dump(), "model_control": model_control, "poll_interval_s": poll_interval_s})
+    s = run(settings, **{**s.model_dump(), "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
+                         "keep_alive_timeout_s": keep_alive_timeout_s, "max_connections": max_connections})
     if s.auth is not None and not s.auth.is_file():
         fail(f"key file {s.auth} does not exist; make one with `shipyard keys create --file {s.auth}`")
     if not s.repository.is_dir():

@@ -172,10 +172,12 @@ class AsyncEngine:
         limit = self.engine.config.max_queue_size
         if prompts > limit:
             raise InvalidInput(f"the request has {prompts} prompts; model '{self.name}' queues at most "
-                               f"{limit} requests (max_queue_size), so it can never fit: send at most {limit}")
+                               f"{limit} requests (max_queue_size), so it can never fit: send at most {limit}",
+                               param="prompt")
         if prompts * n > MAX_SEQUENCES:
             raise InvalidInput(f"the request asks for {prompts * n} completions ({prompts} prompts x n={n}); "
-                               f"one request may ask for at most {MAX_SEQUENCES}: send fewer prompts or a lower n")
+                               f"one request may ask for at most {MAX_SEQUENCES}: send fewer prompts or a lower n",
+                               param="n")
 
     def submit_many(self, prompts: list[list[int]], params: SamplingParams) -> list[Stream]:
         """One client request of several prompts: every prompt is checked before any queues, a

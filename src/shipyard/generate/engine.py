@@ -84,7 +84,7 @@ class Engine:
                 f"{len(prompt)} prompt tokens{asked}. Shorten the prompt or lower max_tokens"
             )
         if any(not 0 <= t < self.lm.vocab_size for t in prompt):
-            raise InvalidInput(f"prompt token ids must be in [0, {self.lm.vocab_size})")
+            raise InvalidInput(f"prompt token ids must be in [0, {self.lm.vocab_size})", param="prompt")
         max_tokens = params.max_tokens or room
         need = self.lm.pool.blocks_for(len(prompt) + max_tokens) * params.n
         if need > self.lm.pool.num_blocks:

@@ -33,19 +33,19 @@ class SamplingParams:
     def check(self) -> None:
         """Bounds a client can get wrong; each message names the value, the limit and the fix."""
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise InvalidInput(f"max_tokens is {self.max_tokens}; it must be at least 1", )
+            raise InvalidInput(f"max_tokens is {self.max_tokens}; it must be at least 1", param="max_tokens")
         if not 0.0 <= self.temperature <= 2.0:
-            raise InvalidInput(f"temperature is {self.temperature}; it must be between 0 and 2")
+            raise InvalidInput(f"temperature is {self.temperature}; it must be between 0 and 2", param="temperature")
         if not 0.0 < self.top_p <= 1.0:
-            raise InvalidInput(f"top_p is {self.top_p}; it must be in (0, 1]")
+            raise InvalidInput(f"top_p is {self.top_p}; it must be in (0, 1]", param="top_p")
         if self.top_k < 0:
-            raise InvalidInput(f"top_k is {self.top_k}; it must be 0 (off) or positive")
+            raise InvalidInput(f"top_k is {self.top_k}; it must be 0 (off) or positive", param="top_k")
         if not 1 <= self.n <= 16:
-            raise InvalidInput(f"n is {self.n}; it must be between 1 and 16")
+            raise InvalidInput(f"n is {self.n}; it must be between 1 and 16", param="n")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
-            raise InvalidInput(f"logprobs is {self.logprobs}; it must be between 0 and {MAX_TOP_LOGPROBS}")
+            raise InvalidInput(f"logprobs is {self.logprobs}; it must be between 0 and {MAX_TOP_LOGPROBS}", param="logprobs")
         if len(self.stop) > 4 or any(not s for s in self.stop):
-            raise InvalidInput(f"stop has {shown(list(self.stop))}; give at most 4 non-empty strings")
+            raise InvalidInput(f"stop has {shown(list(self.stop))}; give at most 4 non-empty strings", param="stop")
 
     @property
     def greedy(self) -> bool:

@@ -13,6 +13,7 @@ from typing import TypeVar
 from shipyard.errors import (
     Conflict,
     Disconnected,
+    HeadersTooLarge,
     InferenceFailed,
     IntegrityError,
     InvalidInput,
@@ -20,10 +21,12 @@ from shipyard.errors import (
     PayloadTooLarge,
     PermissionDenied,
     RateLimited,
+    RequestTimeout,
     ShipyardError,
     Unauthenticated,
     Unavailable,
     UnsafeModel,
+    UnsupportedMediaType,
 )
 
 T = TypeVar("T")
@@ -38,6 +41,9 @@ HTTP: dict[type[ShipyardError], int] = {
     InferenceFailed: 500,
     Unavailable: 503,
     PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    RequestTimeout: 408,
+    HeadersTooLarge: 431,
     UnsafeModel: 400,
     Conflict: 409,
     IntegrityError: 500,
@@ -55,6 +61,9 @@ GRPC: dict[type[ShipyardError], str] = {
     InferenceFailed: "INTERNAL",
     Unavailable: "UNAVAILABLE",
     PayloadTooLarge: "RESOURCE_EXHAUSTED",
+    UnsupportedMediaType: "INVALID_ARGUMENT",
+    RequestTimeout: "DEADLINE_EXCEEDED",
+    HeadersTooLarge: "RESOURCE_EXHAUSTED",
     UnsafeModel: "FAILED_PRECONDITION",
     Conflict: "ALREADY_EXISTS",
     IntegrityError: "INTERNAL",

@@ -82,6 +82,27 @@ def check_outputs(request: InferRequest, signature: Signature) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+def non_finite(array: np.ndarray) -> int:
+    """How many NaN or infinite values a float array holds: one vectorized pass, about 3 us for a
+    digits batch and 20 us for 128K values here (a sum is slower, and warns on overflow); other
+    dtypes cost nothing. Counted only when some value is bad."""
+    if array.dtype.kind != "f":
+        return 0
+    finite = np.isfinite(array)
+    return 0 if finite.all() else int(array.size - np.count_nonzero(finite))
+
+
+def _refuse_non_finite(model: str, name: str, array: np.ndarray, count: int) -> InvalidInput:
+    first = int(np.flatnonzero(~np.isfinite(array))[0])
+    index = [int(i) for i in np.unravel_index(first, array.shape)]
+    return InvalidInput(
+        f"input '{name}' holds {count} non-finite value{'s' if count > 1 else ''}, the first "
+        f"{array.flat[first]} at index {index}; model '{model}' refuses NaN and infinity "
+        "(reject_non_finite in its config.json). A JSON number past the datatype's range "
+        "(1e300 in FP32) arrives as infinity: send finite values within range"
+    )
+
+
 def _output_tensor(spec: TensorSpec, array: np.ndarray) -> Tensor:
     dtype = numpy_dtype(spec.datatype)
     if array.dtype != dtype and spec.datatype != "BYTES":
@@ -296,6 +317,7 @@ class DataPlane:
         assert lv.batcher is not None
         arrays = check_inputs(request, signature)
         wanted = check_outputs(request, signature)
+        self._check_finite(lv, request.model, arrays)
         try:
             results = await lv.batcher.submit(arrays, wanted)
         except Unavailable:
@@ -308,7 +330,12 @@ class DataPlane:
             signature = lv.manifest.signature
             arrays = check_inputs(request, signature)
             wanted = check_outputs(request, signature)
+            self._check_finite(lv, request.model, arrays)
             results = await lv.batcher.submit(arrays, wanted)
+        for name in wanted:
+            bad = non_finite(results[name])
+            if bad:
+                self.metrics.non_finite.labels(lv.name, str(lv.version), "output").inc(bad)
         if shadow is not None and shadow.version != lv.version:
             task = asyncio.get_running_loop().create_task(
                 self._shadow(request, shadow, lv.version, wanted, results))
@@ -345,6 +372,15 @@ class DataPlane:
             if lv is not None and lv.engine is not None and lv.manifest is not None:
                 rows.append((name, int(lv.manifest.created.timestamp()), lv.engine.max_model_len))
         return rows
+
+    def _check_finite(self, lv: LoadedVersion, model: str, arrays: dict[str, np.ndarray]) -> None:
+        """Count NaN and infinity in the float inputs; refuse them where the model's config asks."""
+        for name, array in arrays.items():
+            bad = non_finite(array)
+            if bad:
+                self.metrics.non_finite.labels(lv.name, str(lv.version), "input").inc(bad)
+                if lv.reject_non_finite:
+                    raise _refuse_non_finite(model, name, array, bad)
 
     async def _shadow(self, request: InferRequest, shadow: ShadowConfig, primary: int, wanted: list[str],
                       results: dict[str, np.ndarray]) -> None:

@@ -32,6 +32,7 @@ class LoadedVersion:
     platform: str = ""
     engine: Any = None  # a shipyard.generate.AsyncEngine, for causal LMs
     closed: bool = False
+    reject_non_finite: bool = False  # the model config's, read at load
 
 
 @dataclass
@@ -181,7 +182,7 @@ class ModelManager:
     def _load_versions(self, entry: ModelEntry, name: str, wanted: list[int], config: Any, batching: Any,
                        threads: int) -> None:
         for version in wanted:
-            lv = LoadedVersion(name, version)
+            lv = LoadedVersion(name, version, reject_non_finite=config.reject_non_finite)
             entry.versions[version] = lv
             try:
                 manifest = self.repository.manifest(name, version)

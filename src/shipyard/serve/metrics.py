@@ -9,6 +9,7 @@ Names (documented in the README):
   shipyard_queue_depth{model,version}                            requests waiting now
   shipyard_model_state{model,version,state}                      1 for the version's current state
   shipyard_shadow_comparisons_total{model,version,shadow,outcome} shadow answers: agree/disagree/error
+  shipyard_non_finite_total{model,version,direction}             NaN/Inf float values in inputs/outputs
 Generative models (the engine behind the OpenAI channel), per model and version:
   shipyard_time_to_first_token_seconds        submission to the first generated token
   shipyard_inter_token_latency_seconds        gap between a request's successive engine steps
@@ -167,6 +168,9 @@ class Metrics:
                                      ["model", "version"], registry=r)
         self.generated_tokens = Counter("shipyard_generated_tokens", "Tokens generated (all sequences).",
                                         ["model", "version"], registry=r)
+        self.non_finite = Counter("shipyard_non_finite", "NaN and infinite values in inference inputs "
+                                  "and outputs (float tensors), by direction.",
+                                  ["model", "version", "direction"], registry=r)
         ProcessCollector(registry=r)
         r.register(_LiveState(manager))  # type: ignore[arg-type]
         self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}

@@ -5,34 +5,15 @@ key, as probes carry none."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shipyard.errors import ShipyardError
-from shipyard.serve.channels import Channel
+from shipyard.serve.channels import Channel, path_table, route_of
 from shipyard.serve.channels.http_errors import shipyard_error_handler
 from shipyard.serve.dataplane import DataPlane
-
-# (pattern, channel): a group named `model`, when present, is the model the path names.
-Table = list[tuple[re.Pattern[str], str]]
-
-
-def access_table(channels: list[Channel]) -> Table:
-    """Every channel's paths, in registry order; fallback paths after all the others."""
-    paths = [(p, c.name) for c in channels for p in c.paths]
-    ordered = [x for x in paths if not x[0].fallback] + [x for x in paths if x[0].fallback]
-    return [(re.compile("^" + p.pattern), name) for p, name in ordered]
-
-
-def route_of(table: Table, path: str) -> tuple[str, str | None]:
-    for pattern, channel in table:
-        m = pattern.match(path)
-        if m:
-            return channel, m.groupdict().get("model")
-    return "http", None
 
 
 def bearer(scope: Scope) -> str | None:
@@ -47,7 +28,7 @@ class AccessGate:
     def __init__(self, app: ASGIApp, fastapi_app: Any, channels: list[Channel]) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
-        self.table = access_table(channels)
+        self.table = path_table(channels)
         self.open = frozenset(p for c in channels for p in c.open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

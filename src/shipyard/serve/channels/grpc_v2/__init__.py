@@ -17,8 +17,7 @@ def mount(app: FastAPI) -> Listener | None:
         return None
     from shipyard.serve.channels.grpc_v2.servicer import GrpcChannel
 
-    return GrpcChannel(app.state.dataplane, lambda: bool(app.state.ready), settings.host, settings.grpc_port,
-                       settings.max_request_bytes)
+    return GrpcChannel(app.state.dataplane, lambda: bool(app.state.ready), settings)
 
 
 CHANNEL = Channel(name="grpc_v2", mount=mount)

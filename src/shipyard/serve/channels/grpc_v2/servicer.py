@@ -11,10 +11,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
 
+from shipyard.config import Settings
 from shipyard.errors import InvalidInput, ShipyardError, clipped
 from shipyard.protocol import messages_pb2 as pb
-from shipyard.protocol import service_pb2_grpc
+from shipyard.protocol import service_pb2, service_pb2_grpc  # noqa: F401 - service_pb2 registers the service for reflection
 from shipyard.protocol.v2 import GRPC_SERVICE
 from shipyard.serve.channels.grpc_v2 import convert
 from shipyard.serve.channels.grpc_v2.interceptor import CHANNEL, ErrorsAndAccess, current_key, token_of
@@ -112,28 +114,58 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
+NEVER_MS = 2**31 - 1  # grpc core's "infinite"
+
+
+def ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """grpc core's connection limits, from the settings: how long a connection may take to start
+    and may idle or live, keepalive both ways, and caps on connections and calls on each."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+        # A connection that sends no HTTP/2 preface and settings within this is closed.
+        ("grpc.server_handshake_timeout_ms", ms(settings.header_timeout_s)),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", ms(settings.grpc_max_connection_idle_s) or NEVER_MS),
+        ("grpc.max_connection_age_ms", ms(settings.grpc_max_connection_age_s) or NEVER_MS),
+        ("grpc.max_connection_age_grace_ms", ms(settings.grpc_max_connection_age_grace_s)),
+        ("grpc.keepalive_time_ms", ms(settings.grpc_keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.max_pings_without_data", 0),  # the server's own pings go on while calls wait
+        # Clients may keep an idle connection alive with pings, at most one per interval.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(settings.grpc_min_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
 class GrpcChannel:
     """The gRPC server of one `shipyard serve` process, on the same event loop as HTTP (a Listener:
-    built and bound in `start`, once that loop runs)."""
+    built and bound in `start`, once that loop runs). Server reflection lists its services, open
+    like the health service: it tells the public KServe schema, never a model."""
 
-    def __init__(self, plane: DataPlane, ready: Callable[[], bool], host: str, port: int,
-                 max_message_bytes: int) -> None:
-        self.plane, self.ready = plane, ready
-        self.host, self.port, self.max_message_bytes = host, port, max_message_bytes
+    def __init__(self, plane: DataPlane, ready: Callable[[], bool], settings: Settings) -> None:
+        self.plane, self.ready, self.settings = plane, ready, settings
+        self.host, self.port = settings.host, settings.grpc_port
         self.server: Any = None
         self.health: Any = None
 
     async def start(self) -> None:
         self.health = HealthServicer()
-        self.server = grpc.aio.server(
-            interceptors=[ErrorsAndAccess(self.plane)],
-            options=[("grpc.max_receive_message_length", self.max_message_bytes),
-                     ("grpc.max_send_message_length", -1),
-                     ("grpc.so_reuseport", 0)],
-        )
+        self.server = grpc.aio.server(interceptors=[ErrorsAndAccess(self.plane)],
+                                      options=server_options(self.settings))
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.plane, self.ready), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (GRPC_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server)
         try:
             self.server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError as e:

@@ -8,7 +8,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shipyard.errors import InvalidInput, NotFound, ShipyardError, Unavailable, clipped, shown
+from shipyard.errors import (
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    ShipyardError,
+    Unauthenticated,
+    Unavailable,
+    clipped,
+    shown,
+)
 from shipyard.generate.params import ContextTooLong, SamplingParams, TokenLogprob
 from shipyard.serve.channels.http_errors import status_of
 from shipyard.serve.channels.openai.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
@@ -18,13 +27,13 @@ def sampling_params(req: CompletionRequest | ChatCompletionRequest) -> SamplingP
     bad = req.unsupported()
     if bad:
         name, value = bad[0]
-        raise InvalidInput(f"{name}={shown(value)} is not supported by this server; leave it out")
+        raise InvalidInput(f"{name}={shown(value)} is not supported by this server; leave it out", param=name)
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if isinstance(req, ChatCompletionRequest):
         max_tokens = req.max_completion_tokens or req.max_tokens
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
-            raise InvalidInput("top_logprobs needs logprobs=true")
+            raise InvalidInput("top_logprobs needs logprobs=true", param="top_logprobs")
     else:
         max_tokens, logprobs = req.max_tokens, req.logprobs
     return SamplingParams(
@@ -96,9 +105,22 @@ def from_shipyard(exc: ShipyardError, prompt_field: str = "prompt") -> tuple[int
         return status, error_body(exc.message, "invalid_request_error", "model", "model_not_found")
     if isinstance(exc, Unavailable):
         return status, error_body(exc.message, "service_unavailable_error", None, "overloaded")
+    if isinstance(exc, Unauthenticated):
+        return status, error_body(exc.message, "invalid_request_error", None, "invalid_api_key")
+    if isinstance(exc, RateLimited):
+        return status, error_body(exc.message, "rate_limit_error", None, "rate_limit_exceeded")
     if status >= 500:
         return status, error_body(exc.message, "server_error", None, None)
-    return status, error_body(exc.message, "invalid_request_error", None, None)
+    param = prompt_field if exc.param == "prompt" else exc.param  # chat's prompt is its messages
+    return status, error_body(exc.message, "invalid_request_error", param, None)
+
+
+def error_json(message: str, status: int, exc: ShipyardError | None) -> dict[str, Any]:
+    """The body of an error met outside the channel's own routes (the access gate, an unknown path)."""
+    if exc is not None:
+        return from_shipyard(exc)[1]
+    code = {404: "unknown_url", 405: "method_not_allowed"}.get(status)
+    return error_body(message, "server_error" if status >= 500 else "invalid_request_error", None, code)
 
 
 def from_validation(exc: ValidationError) -> dict[str, Any]:

@@ -95,7 +95,7 @@ async def _prompts(request: Request, engine: EngineClient, prompt: Any, n: int) 
     else:
         items = [p if isinstance(p, str) else list(p) for p in prompt]
     if not items:
-        raise InvalidInput("prompt is an empty list; give a string, a list of strings or token ids")
+        raise InvalidInput("prompt is an empty list; give a string, a list of strings or token ids", param="prompt")
     engine.check_count(len(items), n)
     texts = [p for p in items if isinstance(p, str)]
     encoded = iter(await _encode(request, engine, texts) if texts else [])
@@ -212,12 +212,16 @@ async def health(request: Request) -> Response:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    """The generative models this server can complete with."""
+    """One answer for the two protocols that share this path: OpenAI's list (`data`: the
+    generative models this server can complete with) and KServe V1's (`models`: the name of every
+    model ready to serve). Each client reads its own field and ignores the other."""
+    plane = _plane(request)
+    key = getattr(request.state, "key", None)
     rows = [{"id": name, "object": "model", "created": created, "owned_by": "shipyard",
              "max_model_len": max_len}
-            for name, created, max_len in request.app.state.dataplane.generative_models()
-            if request.app.state.dataplane.visible(getattr(request.state, "key", None), name)]
-    return _json({"object": "list", "data": rows})
+            for name, created, max_len in plane.generative_models() if plane.visible(key, name)]
+    ready = sorted({r["name"] for r in plane.repository_index(key, ready_only=True)})
+    return _json({"object": "list", "data": rows, "models": ready})
 
 
 async def _completions(request: Request, tally: Tally) -> Response:

@@ -1,4 +1,5 @@
-"""TF Serving / KServe V1 REST: `POST /v1/models/{m}[/versions/{v}]:predict`, `GET /v1/models/{m}`."""
+"""TF Serving / KServe V1 REST: `POST /v1/models/{m}[/versions/{v}]:predict|:classify|:regress`,
+`GET /v1/models/{m}[/versions/{v}][/metadata]`; `/labels/{l}` forms answer 404 (no labels here)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def mount(app: FastAPI) -> None:
 CHANNEL = Channel(
     name="rest_v1",
     mount=mount,
-    paths=(HttpPath(r"/v1/models/(?P<model>[^/:]+)(?:/versions/[^/:]+)?(?::predict)?$"),),
+    paths=(HttpPath(r"/v1/models/(?P<model>[^/:]+)(?:/versions/[^/:]+|/labels/[^/:]+)?"
+                    r"(?:/metadata|:predict|:classify|:regress)?$"),),
     open_paths=frozenset({LIVENESS}),
 )

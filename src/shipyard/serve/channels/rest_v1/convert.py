@@ -29,7 +29,8 @@ def _unb64(value: Any, name: str) -> Any:
     return value
 
 
-def _tensor(spec: TensorSpec, value: Any) -> Tensor:
+def tensor_of(spec: TensorSpec, value: Any) -> Tensor:
+    """One input's JSON value (nested lists; BYTES as strings or {"b64": ...}) as a tensor of its spec."""
     if spec.datatype == "BYTES":
         try:
             nested = np.array(_unb64(value, spec.name), dtype=object)
@@ -85,7 +86,7 @@ def decode_request(doc: Any, model: str, version: int | None, route: Route) -> t
         else:
             raise InvalidInput(f"model '{model}' takes {len(specs)} inputs {names}: '{INPUTS}' must be an "
                                "object naming them")
-    tensors = [_tensor(spec, columns[spec.name]) for spec in specs]
+    tensors = [tensor_of(spec, columns[spec.name]) for spec in specs]
     return InferRequest(model=model, version=version, inputs=tensors, route=route), rows
 
 

@@ -7,8 +7,9 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, NotFound, shown
 from shipyard.serve.channels.http_util import json_response, parse_version, read_body
+from shipyard.serve.channels.rest_v1 import examples
 from shipyard.serve.channels.rest_v1.convert import decode_request, encode_response
 from shipyard.serve.channels.rest_v1.protocol import LIVENESS, STATE
 from shipyard.serve.dataplane import DataPlane
@@ -64,3 +65,64 @@ async def predict(request: Request, model: str, version: str | None = None) -> R
 
     _, response = await plane.infer(CHANNEL, model, decode)
     return _json(encode_response(response, rows))
+
+
+@router.get("/v1/models/{model}/metadata")
+@router.get("/v1/models/{model}/versions/{version}/metadata")
+async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
+    """TF Serving's GetModelMetadata: the signature as one `serving_default` signature_def."""
+    plane: DataPlane = request.app.state.dataplane
+    v = _version(version)
+    meta = plane.model_metadata(model, v)
+    if v is None:  # the version that answers when none is named: the newest ready one
+        statuses = plane.version_status(model, None)
+        v = next((s.version for s in statuses if s.state == "READY"), statuses[0].version)
+    return _json(examples.metadata(model, v, meta["inputs"], meta["outputs"]))
+
+
+async def _examples(request: Request, method: str, model: str, version: str | None) -> Response:
+    plane: DataPlane = request.app.state.dataplane
+    route = None
+
+    async def decode() -> InferRequest:
+        nonlocal route
+        v = _version(version)
+        body = await read_body(request)
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise InvalidInput(f"request body is not valid JSON: {e}") from None
+        route = plane.resolve(model, v)
+        examples.scores_output(method, model, route.signature)
+        return examples.decode_examples(doc, model, v, route)
+
+    _, response = await plane.infer(CHANNEL, model, decode)
+    assert route is not None
+    return _json(examples.encode_result(method, response, route.signature))
+
+
+@router.post("/v1/models/{model}:classify")
+@router.post("/v1/models/{model}/versions/{version}:classify")
+async def classify(request: Request, model: str, version: str | None = None) -> Response:
+    """TF Serving's Classify: {"examples": [...]} -> {"result": [[[label, score], ...], ...]}."""
+    return await _examples(request, "classify", model, version)
+
+
+@router.post("/v1/models/{model}:regress")
+@router.post("/v1/models/{model}/versions/{version}:regress")
+async def regress(request: Request, model: str, version: str | None = None) -> Response:
+    """TF Serving's Regress: {"examples": [...]} -> {"result": [value, ...]}."""
+    return await _examples(request, "regress", model, version)
+
+
+@router.get("/v1/models/{model}/labels/{label}")
+@router.get("/v1/models/{model}/labels/{label}/metadata")
+@router.post("/v1/models/{model}/labels/{label}:predict")
+@router.post("/v1/models/{model}/labels/{label}:classify")
+@router.post("/v1/models/{model}/labels/{label}:regress")
+async def by_label(request: Request, model: str, label: str) -> Response:
+    """TF Serving's version labels: shipyard has none (its traffic split picks a version when
+    none is named), so a label is answered 404 saying what to send instead."""
+    raise NotFound(f"version label {shown(label)} of model '{model}' is not known: shipyard has no version "
+                   f"labels. Name a version (/v1/models/{model}/versions/N) or none (the newest ready "
+                   "version answers, or the traffic split of the model's routing config)")
