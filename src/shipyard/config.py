@@ -203,7 +203,13 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         30.0, gt=0, le=3600,
         description="Longest pause allowed between two pieces of a request body: past it the request is "
-        "answered 408 and the connection closed. A slow body that keeps coming is not cut off.",
+        "answered 408 and the connection closed.",
+    )
+    min_body_rate_bytes_s: float = Field(
+        1024.0, ge=0, le=1 << 30,
+        description="Slowest a request body may arrive, in bytes a second, averaged from body_timeout_s "
+        "after its start (Apache's mod_reqtimeout MinRate): a body that trickles in is answered 408 and "
+        "the connection closed. 0: no minimum.",
     )
     keep_alive_timeout_s: float = Field(
         5.0, gt=0, le=3600,

@@ -34,9 +34,10 @@ def empty_repo(base: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Timeouts of 1 s, set through the environment."""
+    """Timeouts of 1 s and a minimum body rate of 10 bytes/s, set through the environment."""
     env = {"SHIPYARD_HEADER_TIMEOUT_S": "1", "SHIPYARD_BODY_TIMEOUT_S": "1",
-           "SHIPYARD_KEEP_ALIVE_TIMEOUT_S": "1", "SHIPYARD_GRPC_MAX_CONNECTION_IDLE_S": "1"}
+           "SHIPYARD_KEEP_ALIVE_TIMEOUT_S": "1", "SHIPYARD_GRPC_MAX_CONNECTION_IDLE_S": "1",
+           "SHIPYARD_MIN_BODY_RATE_BYTES_S": "10"}
     proc = ServerProcess(empty_repo(tmp_path_factory.mktemp("conn")), env=env)
     yield proc
     assert proc.stop() == 0, proc.output()
@@ -151,7 +152,8 @@ def test_a_stalled_body_gets_408(server: ServerProcess) -> None:
 
 def test_a_slow_body_is_served_while_it_keeps_coming(server: ServerProcess) -> None:
     """The body timeout is the longest gap between its pieces, not a deadline for the whole body:
-    a body that takes longer than the timeout but never pauses that long is served."""
+    a body that takes longer than the timeout, never pauses that long and keeps above the minimum
+    rate (20 bytes/s against 10) is served."""
     body = b'{"ready": false}' + b" " * 24
     with connect(server.port) as sock:
         sock.sendall(b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -161,6 +163,18 @@ def test_a_slow_body_is_served_while_it_keeps_coming(server: ServerProcess) -> N
             time.sleep(0.2)
         answer = until_closed(sock, "a keep-alive connection after its answer")
     assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+def test_a_trickling_body_gets_408_though_it_never_pauses(server: ServerProcess) -> None:
+    """A byte every 0.2 s never pauses as long as the body timeout, but at 5 bytes/s a 1,000-byte
+    body would hold the connection for over 3 minutes: under the minimum rate it is answered 408."""
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n")
+        answer = dribble(sock, b" ", "a body that trickles in")
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"min_body_rate_bytes_s" in answer and b"too slowly" in answer
+    assert live(server.url) == 200
 
 
 def test_headers_over_the_limit_get_431(server: ServerProcess) -> None:

@@ -161,6 +161,10 @@ def test_full_queue_answers_503_with_retry_after(fresh_repo: Repository) -> None
         assert time.monotonic() - t < 0.5, "a full queue must refuse at once, not wait"
         assert r.status_code == 503, r.text
         assert "queue is full" in r.json()["error"] and r.headers["retry-after"] == "1"
+        # Shed before the body is parsed (so shedding costs the loop next to nothing): a body that
+        # is not even JSON gets the same 503.
+        r = post(server, "/v2/models/slow/infer", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 503 and "queue is full" in r.json()["error"], r.text
         still_serving(server)  # other models are not affected
         runner.join()
         waiter.join()

@@ -75,6 +75,7 @@ def serve_cmd(
     poll_interval_s: Annotated[float | None, typer.Option(help="Seconds between looks at the repository with --model-control poll.")] = None,
     header_timeout_s: Annotated[float | None, typer.Option(help="Seconds a connection has to send a request's headers (408 past it; silent connections are closed).")] = None,
     body_timeout_s: Annotated[float | None, typer.Option(help="Longest pause in seconds between two pieces of a request body (408 past it).")] = None,
+    min_body_rate_bytes_s: Annotated[float | None, typer.Option(help="Slowest average a request body may arrive at, bytes/s, after its first body-timeout-s (408 under it; 0: none).")] = None,
     keep_alive_timeout_s: Annotated[float | None, typer.Option(help="Seconds an idle HTTP connection is kept for its next request.")] = None,
     max_connections: Annotated[int | None, typer.Option(help="Most connections open at once on each port, HTTP and gRPC (503 past it).")] = None,
 ) -> None:
@@ -88,7 +89,7 @@ def serve_cmd(
     s = run(settings, **{**s.model_dump(), "grpc_port": grpc_port, "auth": auth})
     s = run(settings, **{**s.model_dump(), "model_control": model_control, "poll_interval_s": poll_interval_s})
     s = run(settings, **{**s.model_dump(), "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
-                         "keep_alive_timeout_s": keep_alive_timeout_s, "max_connections": max_connections})
+                         "min_body_rate_bytes_s": min_body_rate_bytes_s, "keep_alive_timeout_s": keep_alive_timeout_s, "max_connections": max_connections})
     if s.auth is not None and not s.auth.is_file():
         fail(f"key file {s.auth} does not exist; make one with `shipyard keys create --file {s.auth}`")
     if not s.repository.is_dir():

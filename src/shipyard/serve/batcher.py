@@ -77,6 +77,14 @@ class DynamicBatcher:
     def depth(self) -> int:
         return len(self._queue)
 
+    def full(self) -> Unavailable | None:
+        """The refusal a request would get now for a full queue (read without the lock: a hint
+        for shedding early, before decoding; `submit` decides)."""
+        if len(self._queue) < self.config.max_queue_size:
+            return None
+        return Unavailable(f"the model's queue is full ({self.config.max_queue_size} requests waiting); "
+                           "retry later or raise max_queue_size", retry_after=1)
+
     async def submit(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """Queue one request (already validated) and wait for its own rows of the result."""
         loop = asyncio.get_running_loop()
@@ -86,12 +94,9 @@ class DynamicBatcher:
         with self._cond:
             if self._closed:
                 raise Unavailable("the model is being unloaded; retry shortly", retry_after=1)
-            if len(self._queue) >= self.config.max_queue_size:
-                raise Unavailable(
-                    f"the model's queue is full ({self.config.max_queue_size} requests waiting); "
-                    "retry later or raise max_queue_size",
-                    retry_after=1,
-                )
+            refusal = self.full()
+            if refusal is not None:
+                raise refusal
             self._queue.append(item)
             self._cond.notify()
         return await item.future

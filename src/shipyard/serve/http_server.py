@@ -7,8 +7,10 @@ httptools protocol, per connection:
 
 - a head deadline (`header_timeout_s`), from connecting and from the first byte of each later
   request to the end of its headers: a partial request is answered 408, a silent connection closed;
-- a body gap (`body_timeout_s`), the longest pause between two pieces of a body (not counted while
-  the app is not reading, nor while the client waits for `100 Continue`): 408 if no answer began;
+- a body gap (`body_timeout_s`), the longest pause between two pieces of a body, and a body rate
+  (`min_body_rate_bytes_s`), the slowest average from `body_timeout_s` after the body began, so a
+  byte every second cannot hold a connection for hours (neither counted while the app is not
+  reading, nor while the client waits for `100 Continue`): 408 if no answer began;
 - a limit on the request line and headers (`max_header_bytes`; httptools has none): 431;
 - a cap on open connections (`max_connections`), checked as each one is accepted: past it the
   newcomer is answered 503 with Retry-After and closed.
@@ -74,6 +76,8 @@ class LimitedProtocol(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_seen = 0.0
         self._body_bytes = 0
+        self._rate_since = 0.0  # the rate is measured from here (reset while the app is not reading)
+        self._rate_bytes = 0
         self._body_expected: int | None = None
         self._lingering = False
 
@@ -123,8 +127,8 @@ class LimitedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         length = dict(self.headers).get(b"content-length")
         self._body_expected = int(length) if length is not None and length.isdigit() else None
-        self._body_bytes = 0
-        self._body_seen = self.loop.time()
+        self._body_bytes = self._rate_bytes = 0
+        self._body_seen = self._rate_since = self.loop.time()
         self._body_timer = self.loop.call_later(self.settings.body_timeout_s, self._body_expired)
 
     def on_body(self, body: bytes) -> None:
@@ -177,10 +181,15 @@ class LimitedProtocol(HttpToolsProtocol):
             return
         now, timeout, cycle = self.loop.time(), self.settings.body_timeout_s, self.cycle
         if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
-            self._body_seen = now  # the app is not reading yet: the client cannot be late
+            # the app is not reading yet: the client cannot be late
+            self._body_seen = self._rate_since = now
+            self._rate_bytes = self._body_bytes
         left = self._body_seen + timeout - now
-        if left > 0:
-            self._body_timer = self.loop.call_later(left, self._body_expired)
+        too_slow = self._too_slow(now)
+        if left > 0 and too_slow is None:
+            # Past the grace, the rate is checked each second; before it, at the gap's deadline.
+            rate_check = self._rate_since + timeout - now
+            self._body_timer = self.loop.call_later(min(left, max(rate_check, 1.0)), self._body_expired)
             return
         if cycle is None or cycle.response_started:
             self.transport.close()  # an answer began: nothing else can be said on this connection
@@ -189,9 +198,23 @@ class LimitedProtocol(HttpToolsProtocol):
         # The app sees the client gone (its read ends, its answer is dropped); the client gets 408.
         cycle.disconnected = True
         cycle.message_event.set()
+        if too_slow is not None:
+            self._linger(RequestTimeout(
+                f"the request body came too slowly: {self._body_bytes}{of} bytes, {too_slow:.0f} bytes/s over "
+                f"{now - self._rate_since:.0f} s, under the limit of {self.settings.min_body_rate_bytes_s:g} "
+                f"bytes/s (min_body_rate_bytes_s); send the body at full speed"))
+            return
         self._linger(RequestTimeout(
             f"the request body stopped: {self._body_bytes}{of} bytes arrived, then nothing for {timeout:g} s, "
             f"the limit (body_timeout_s); send the body without pauses"))
+
+    def _too_slow(self, now: float) -> float | None:
+        """The body's rate in bytes/s when, past the grace of body_timeout_s, it is under the minimum."""
+        minimum, elapsed = self.settings.min_body_rate_bytes_s, now - self._rate_since
+        if minimum <= 0 or elapsed < self.settings.body_timeout_s:
+            return None
+        rate = (self._body_bytes - self._rate_bytes) / elapsed
+        return rate if rate < minimum else None
 
     def _linger(self, exc: ShipyardError) -> None:
         """Answer `exc` and close once the client has read it: half-close now, drop what it still

@@ -99,6 +99,7 @@ async def infer_response(request: Request, plane: DataPlane, model: str, version
         nonlocal binary_default
         v = _version(version)
         body = await read_body(request)
+        plane.shed_early(model, v)  # a full queue refuses before the body is parsed
         header = request.headers.get(HEADER_LENGTH)
         if header is not None and not header.strip().isdigit():
             raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {shown(header)}")
