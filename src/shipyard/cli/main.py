@@ -126,7 +126,7 @@ def models_verify(ref: Annotated[str | None, typer.Argument(help="NAME or NAME:V
 
 @models_app.command("import")
 def models_import(
-    path: Annotated[Path, typer.Argument(help="ONNX file, torch.export .pt2, TorchScript file, or Hugging Face folder.")],
+    path: Annotated[Path, typer.Argument(help="ONNX file, torch.export .pt2, TorchScript file, Hugging Face folder, Keras .keras/.h5, SavedModel folder, .tflite file, or MLflow model folder.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Model name in the repository.")],
     repository: RepoOpt = None,
     inputs: Annotated[list[str] | None, typer.Option("--input", help="Override an input: NAME:DATATYPE:DIMS, e.g. pixels:FP32:-1,1,8,8 (repeat).")] = None,

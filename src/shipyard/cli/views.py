@@ -118,7 +118,7 @@ def _step_label(step: dict[str, Any]) -> str:
 
 def import_model(root: Path, path: Path, name: str, inputs: list[str], outputs: list[str],
                  trust_pickle: bool, as_json: bool) -> None:
-    from shipyard.runtimes.importer import import_model as do_import
+    from shipyard.optimize.sources import import_model as do_import
     from shipyard.runtimes.importer import parse_tensor_spec
 
     m = do_import(
