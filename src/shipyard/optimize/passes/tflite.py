@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -103,7 +104,9 @@ def to_tflite(artifact: Artifact, config: ToTflite, ctx: Context) -> Artifact:
     else:
         ctx.note("TFLite fp32 by TF's TFLiteConverter from the original TensorFlow model")
     try:
-        flat = converter.convert()
+        with warnings.catch_warnings():  # calibration runs TF's own (deprecated) interpreter
+            warnings.simplefilter("ignore")
+            flat = converter.convert()
     except Exception as e:  # the converter raises ConverterError and others; its first line names the op
         raise InvalidInput(f"pass 'tflite': TF's converter failed: {str(e).strip().splitlines()[0][:300]}") from None
     path = ctx.path("model", ".tflite")
@@ -132,7 +135,9 @@ def tflite_to_onnx(artifact: Artifact, config: TfliteToOnnx, ctx: Context) -> Ar
     assert artifact.tflite_path is not None
     path = ctx.path("from-tflite", ".onnx")
     try:
-        model, _ = tf2onnx.convert.from_tflite(str(artifact.tflite_path), opset=config.opset)
+        with warnings.catch_warnings():  # tf2onnx reads the file with TF's (deprecated) interpreter
+            warnings.simplefilter("ignore")
+            model, _ = tf2onnx.convert.from_tflite(str(artifact.tflite_path), opset=config.opset)
     except Exception as e:
         raise InvalidInput(f"pass 'tflite-to-onnx': tf2onnx failed: {str(e).strip().splitlines()[0][:300]}") from None
     _rename(model, artifact, artifact.tflite_path)
@@ -144,7 +149,7 @@ def tflite_to_onnx(artifact: Artifact, config: TfliteToOnnx, ctx: Context) -> Ar
 def _rename(model: object, artifact: Artifact, path: Path) -> None:
     """tf2onnx names a TFLite model's inputs and outputs after its tensors ('serving_default_x:0');
     give them the version's names, pairing them through the file's signature."""
-    from shipyard.runtimes.tflite import interpreter, _details
+    from shipyard.runtimes.tflite import _details, interpreter
 
     ins, outs = _details(interpreter(path))
     names = {v: k for k, v in (artifact.extra.get("tflite_names") or {}).items()}
