@@ -57,5 +57,3 @@ def test_the_cli_imports_and_converts(keras_files: KerasFiles, tmp_path: Path) -
     assert "published k:1 (onnx" in done.stdout
     line = fails(shipyard("optimize", "k:1", "--to", "coreml", "--repository", root))
     assert "--to 'coreml'" in line and "tflite-int8" in line
-    line = fails(shipyard("optimize", "k:1", "--to", "tflite", "--preset", "fp16", "--repository", root))
-    assert "--to is a recipe of its own" in line

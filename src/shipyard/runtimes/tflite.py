@@ -78,9 +78,13 @@ class Session:
         if resized:
             self.it.allocate_tensors()
         for d in self.inputs:
-            self.it.set_tensor(d["index"], np.ascontiguousarray(feed[d["key"]], dtype=d["dtype"]))
+            array = feed[d["key"]]
+            if array.dtype != d["dtype"] or not array.flags.c_contiguous:
+                array = np.ascontiguousarray(array, dtype=d["dtype"])
+            self.it.set_tensor(d["index"], array)
         self.it.invoke()
-        return {d["key"]: self.it.get_tensor(d["index"]).copy() for d in self.outputs}
+        # get_tensor copies out of the interpreter's arena, so the result outlives the next invoke.
+        return {d["key"]: self.it.get_tensor(d["index"]) for d in self.outputs}
 
 
 def run_tflite(path: Path, inputs: dict[str, np.ndarray], names: dict[str, str] | None = None,
