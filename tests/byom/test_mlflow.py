@@ -95,3 +95,21 @@ def test_unknown_flavor_is_named(tmp_path: Path, repo: Repository) -> None:
     model.save(str(folder / "MLmodel"))
     with pytest.raises(InvalidInput, match="flavors \\['sklearn'\\]"):
         import_model(repo, folder, "sk")
+
+
+def test_pickled_pytorch_flavor_needs_trust_and_takes_mlflows_shapes(tmp_path: Path, repo: Repository) -> None:
+    import mlflow.pytorch
+
+    from shipyard.errors import UnsafeModel
+
+    net = torch.nn.Linear(4, 2).eval()
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    expected = net(torch.from_numpy(x)).detach().numpy()
+    mlflow.pytorch.save_model(net, str(tmp_path / "pickled"), serialization_format="pickle",
+                              signature=_signature(x, expected), pip_requirements=[])
+    with pytest.raises(UnsafeModel, match="--trust-pickle"):
+        import_model(repo, tmp_path / "pickled", "pk")
+    m = import_model(repo, tmp_path / "pickled", "pk", trust_pickle=True)
+    assert m.format == "torch-export"  # exported once; the repository holds no pickle
+    assert [(t.name, t.shape) for t in m.signature.inputs] == [("input", [-1, 4])]  # from the MLflow signature
+    np.testing.assert_allclose(next(iter(_run(repo, "pk", {"input": x}).values())), expected, atol=1e-6)

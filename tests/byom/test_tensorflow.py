@@ -155,3 +155,19 @@ def test_corrupt_files_get_an_error_naming_them(tmp_path: Path) -> None:
             import_model(repo, tmp_path / name, "broken")
         assert "not a readable" in str(info.value)
     assert repo.versions("broken") == []
+
+
+def test_the_tflite_runtime_serves_concurrent_requests(tf_repo: Repository, keras_files: KerasFiles) -> None:
+    """LiteRT interpreters are not thread-safe: the runtime's pool gives each request its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = tf_repo.manifest("keras", 2)
+    rt = runtime_for(m, tf_repo.path("keras", 2), RuntimeOptions())
+    rt.load()
+    rows = [keras_files.x[i: i + 1 + i % 4] for i in range(12)]  # batch sizes 1..4: resizes interleave
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda r: rt.infer({"features": r}, ["output_0"])["output_0"], rows * 20))
+    for i, out in enumerate(outs):
+        start = i % 12
+        np.testing.assert_allclose(out, keras_files.expected[start: start + 1 + start % 4], atol=FP32_ATOL)
+    rt.unload()

@@ -31,11 +31,8 @@ def import_model(repo: Repository, source: str | Path, name: str, *,
     if mlflow.is_mlflow(source):
         inner, step, specs = mlflow.unwrap(source)
         # The MLflow signature's shapes stand in where the file records none (TorchScript).
-        if inputs is None and specs is not None and tensorflow.tf_kind(inner) is None:
-            from shipyard.runtimes.importer import detect
-
-            if not inner.is_dir() and detect(inner).inspect(inner, importer.RuntimeOptions()) is None:
-                inputs = specs
+        if inputs is None and specs is not None and _records_no_signature(inner):
+            inputs = specs
         return import_model(repo, inner, name, inputs=inputs, outputs=outputs, trust_pickle=trust_pickle,
                             metrics=metrics, steps=[*steps, step])
     if tensorflow.tf_kind(source) is not None:
@@ -53,6 +50,13 @@ def import_model(repo: Repository, source: str | Path, name: str, *,
             return staging.manifest
     return importer.import_model(repo, source, name, inputs=inputs, outputs=outputs, trust_pickle=trust_pickle,
                                  metrics=metrics, steps=steps)
+
+
+def _records_no_signature(source: Path) -> bool:
+    """A pickled module or a TorchScript file: the formats whose files record no tensor shapes."""
+    from shipyard.runtimes.torch_sniff import is_pickle, zip_kind
+
+    return source.is_file() and (is_pickle(source) or zip_kind(source) == "torchscript")
 
 
 __all__ = ["import_model"]

@@ -63,9 +63,10 @@ def unwrap(source: Path) -> tuple[Path, dict[str, Any], list[TensorSpec] | None]
 def _wrapped(source: Path, flavor: str, conf: dict[str, Any]) -> Path:
     from shipyard.optimize.sources.tensorflow import tf_kind
     from shipyard.runtimes import REGISTRY
+    from shipyard.runtimes.torch_sniff import is_pickle
 
-    def importable(p: Path) -> bool:
-        return p.exists() and (tf_kind(p) is not None or any(cls.claims(p) for cls in REGISTRY.values()))
+    def importable(p: Path) -> bool:  # a pickle (mlflow's older pytorch format) needs --trust-pickle, as any
+        return p.exists() and (tf_kind(p) is not None or is_pickle(p) or any(cls.claims(p) for cls in REGISTRY.values()))
 
     where = conf.get(FLAVORS[flavor]) or ("model" if flavor == "transformers" else "data")
     base = source / where
