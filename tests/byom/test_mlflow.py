@@ -113,3 +113,22 @@ def test_pickled_pytorch_flavor_needs_trust_and_takes_mlflows_shapes(tmp_path: P
     assert m.format == "torch-export"  # exported once; the repository holds no pickle
     assert [(t.name, t.shape) for t in m.signature.inputs] == [("input", [-1, 4])]  # from the MLflow signature
     np.testing.assert_allclose(next(iter(_run(repo, "pk", {"input": x}).values())), expected, atol=1e-6)
+
+
+def test_transformers_flavor_is_put_back_together(tmp_path: Path, repo: Repository) -> None:
+    """MLflow keeps a pipeline's tokenizer apart (components/tokenizer); the import puts the
+    Hugging Face folder back together, and the causal LM lands in the generation runtime."""
+    import mlflow.transformers
+    import transformers
+
+    from tests.fixtures import build_tiny_lm
+
+    folder = build_tiny_lm(tmp_path / "lm", "gpt2")
+    pipeline = {"model": transformers.AutoModelForCausalLM.from_pretrained(folder),
+                "tokenizer": transformers.AutoTokenizer.from_pretrained(folder)}
+    mlflow.transformers.save_model(pipeline, str(tmp_path / "mlflow-lm"), task="text-generation", pip_requirements=[])
+    m = import_model(repo, tmp_path / "mlflow-lm", "lm")
+    assert m.format == "hf-causal-lm"
+    step = m.lineage.recipe[0]
+    assert (step["flavor"], step["wrapped"]) == ("transformers", "model + components/tokenizer")
+    assert (repo.path("lm", 1) / "tokenizer.json").is_file()

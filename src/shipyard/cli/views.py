@@ -112,7 +112,8 @@ def lineage_tree(repo: Repository, name: str) -> Tree:
 def _step_label(step: dict[str, Any]) -> str:
     """'quantize(mode=static)': the pass and the settings that tell recipes apart."""
     name = str(step.get("pass", step))
-    keys = [k for k in ("mode", "format", "amount", "bits", "energy", "ratio", "calibration") if step.get(k) is not None]
+    keys = [k for k in ("mode", "format", "amount", "bits", "energy", "ratio", "calibration", "quantize", "from",
+                        "flavor") if step.get(k) is not None]
     return name + (f"({', '.join(f'{k}={step[k]}' for k in keys)})" if keys else "")
 
 

@@ -29,12 +29,13 @@ def import_model(repo: Repository, source: str | Path, name: str, *,
         raise NotFound(f"{source} does not exist")
     steps = list(steps or [])
     if mlflow.is_mlflow(source):
-        inner, step, specs = mlflow.unwrap(source)
-        # The MLflow signature's shapes stand in where the file records none (TorchScript).
-        if inputs is None and specs is not None and _records_no_signature(inner):
-            inputs = specs
-        return import_model(repo, inner, name, inputs=inputs, outputs=outputs, trust_pickle=trust_pickle,
-                            metrics=metrics, steps=[*steps, step])
+        with tempfile.TemporaryDirectory(prefix="shipyard-mlflow-") as tmp:
+            inner, step, specs = mlflow.unwrap(source, Path(tmp))
+            # The MLflow signature's shapes stand in where the file records none (TorchScript, pickles).
+            if inputs is None and specs is not None and _records_no_signature(inner):
+                inputs = specs
+            return import_model(repo, inner, name, inputs=inputs, outputs=outputs, trust_pickle=trust_pickle,
+                                metrics=metrics, steps=[*steps, step])
     if tensorflow.tf_kind(source) is not None:
         with tempfile.TemporaryDirectory(prefix="shipyard-import-") as tmp:
             staged = Path(tmp) / "converted"

@@ -6,6 +6,7 @@ lineage, and the signature supplies the tensor shapes a file does not record (To
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ def _specs(schema: Any, prefix: str) -> list[TensorSpec] | None:
     return out
 
 
-def unwrap(source: Path) -> tuple[Path, dict[str, Any], list[TensorSpec] | None]:
-    """(the wrapped model file or folder, the lineage step, the MLflow signature's input specs)."""
+def unwrap(source: Path, workdir: Path) -> tuple[Path, dict[str, Any], list[TensorSpec] | None]:
+    """(the wrapped model file or folder, the lineage step, the MLflow signature's input specs).
+    A transformers model whose tokenizer MLflow keeps apart (`components/`) is put back together
+    in `workdir`, as a Hugging Face folder."""
     require("mlflow", "mlflow", f"importing the MLflow model folder {source.name}")
     from mlflow.models import Model
 
@@ -52,11 +55,22 @@ def unwrap(source: Path) -> tuple[Path, dict[str, Any], list[TensorSpec] | None]
                            f"the {', '.join(FLAVORS)} flavors (save the model with one of them)")
     conf = model.flavors[flavor]
     inner = _wrapped(source, flavor, conf)
+    wrapped = str(inner.relative_to(source))
+    components = [c for c in conf.get("components") or [] if (source / "components" / c).is_dir()]
+    if flavor == "transformers" and components and inner.is_dir():
+        merged = workdir / "transformers"
+        shutil.copytree(inner, merged)
+        for c in components:
+            for f in (source / "components" / c).iterdir():
+                if f.is_file() and not (merged / f.name).exists():
+                    shutil.copyfile(f, merged / f.name)
+        inner = merged
+        wrapped = " + ".join([wrapped, *(f"components/{c}" for c in components)])
     sig = model.signature
     step: dict[str, Any] = {"pass": "import", "from": "mlflow", "flavor": flavor, "run_id": model.run_id,
                             "model_uuid": getattr(model, "model_uuid", None),
                             "mlflow_signature": json.loads(json.dumps(sig.to_dict())) if sig else None,
-                            "wrapped": str(inner.relative_to(source))}
+                            "wrapped": wrapped}
     return inner, step, _specs(sig.inputs, "input") if sig else None
 
 
