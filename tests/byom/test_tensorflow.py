@@ -171,3 +171,31 @@ def test_the_tflite_runtime_serves_concurrent_requests(tf_repo: Repository, kera
         start = i % 12
         np.testing.assert_allclose(out, keras_files.expected[start: start + 1 + start % 4], atol=FP32_ATOL)
     rt.unload()
+
+
+def test_a_saved_model_with_two_inputs_and_two_outputs(tmp_path: Path, repo: Repository) -> None:
+    """A hand-written tf.Module (no Keras): the signature's keys name the version's tensors."""
+    import tensorflow as tf
+
+    class Pair(tf.Module):
+        def __init__(self) -> None:
+            self.w = tf.Variable(np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="left"),
+                                      tf.TensorSpec([None, 3], tf.float32, name="right")])
+        def serve(self, left: tf.Tensor, right: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"scores": tf.matmul(left, self.w), "total": tf.reduce_sum(left * right, axis=1)}
+
+    pair = Pair()
+    tf.saved_model.save(pair, str(tmp_path / "pair"), signatures={"serving_default": pair.serve})
+    m = import_model(repo, tmp_path / "pair", "pair")
+    assert sorted(t.name for t in m.signature.inputs) == ["left", "right"]
+    assert {t.name: t.shape for t in m.signature.outputs} == {"scores": [-1, 2], "total": [-1]}
+    rng = np.random.default_rng(1)
+    left, right = (rng.standard_normal((5, 3)).astype(np.float32) for _ in range(2))
+    expected = pair.serve(left, right)
+    rt = runtime_for(m, repo.path("pair", 1), RuntimeOptions())
+    rt.load()
+    got = rt.infer({"left": left, "right": right}, ["scores", "total"])
+    for k in ("scores", "total"):
+        np.testing.assert_allclose(got[k], expected[k].numpy(), atol=FP32_ATOL)

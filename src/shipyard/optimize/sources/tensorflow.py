@@ -115,8 +115,10 @@ def to_onnx(fn: Any, signature: Signature, path: Path, opset: int = OPSET) -> No
         return fn(**dict(zip(names, args, strict=True)))
 
     try:
-        tf2onnx.convert.from_function(positional, input_signature=[specs[n] for n in names], opset=opset,
-                                      output_path=str(path))
+        # Each spec named by its signature key: tf2onnx names the ONNX inputs after the specs.
+        tf2onnx.convert.from_function(positional, opset=opset, output_path=str(path),
+                                      input_signature=[tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n)
+                                                       for n in names])
     except Exception as e:  # tf2onnx raises many types; the first line names the op
         raise InvalidInput(f"tf2onnx could not convert the model (opset {opset}): {_first_line(e)}") from None
 
