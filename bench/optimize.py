@@ -5,6 +5,7 @@
   digits   the demo CNN (trained here; accuracy on its held-out split)
   bert     BertForSequenceClassification, random weights (latency and size only), seq 128
   gpt2     GPT2LMHeadModel, random weights (latency and size only), seq 128
+  keras-mlp, keras-cnn   Keras models against Keras predict and TFLite (bench/optimize_keras.py)
 
 Baselines are measured in this process like the shipyard versions: torch eager runs the model
 object directly; "ORT qdyn" is torch.onnx.export + onnxruntime's quantize_dynamic with its defaults
@@ -15,6 +16,7 @@ Usage:
   .venv/bin/python bench/optimize.py                    # full sizes: bert-base, gpt2-small (long)
   .venv/bin/python bench/optimize.py --small            # bert 4x256, gpt2 4x256: proves it works
   .venv/bin/python bench/optimize.py --models digits --budget 1
+  .venv/bin/python bench/optimize.py --keras-only         # only the Keras rows (TensorFlow extra)
 """
 
 from __future__ import annotations
@@ -259,7 +261,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"Command: `{meta['command']}`", "",
              f"Transformers rows: batch 8 in the b32 column (seq {meta.get('seq', 128)}); their 'vs torch' ratios are "
              "against the same torch eager fp32 model timed side by side with the variant (alternating rounds in "
-             "one process), the eager row's own figure was taken once at the start.", "",
+             "one process), the eager row's own figure was taken once at the start.",
+             "Keras rows: 'torch' columns are against Keras `predict` (the TF user's anchor); accuracy is computed "
+             "from each row's outputs (threshold 0.5 for the binary MLP, argmax for the CNN).", "",
              "| model | variant | size | vs torch size | b1 p50 ms | b1 vs torch | b1 vs ORT qdyn | b32 p50 ms | b32 vs torch | accuracy | drop pt |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     f = lambda v, s="{:.3f}": "-" if v is None else s.format(v)  # noqa: E731
@@ -278,7 +282,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="small transformers (4 layers, hidden 256)")
-    ap.add_argument("--models", default="digits,bert,gpt2")
+    ap.add_argument("--models", default="digits,bert,gpt2,keras-mlp,keras-cnn")
+    ap.add_argument("--keras-only", action="store_true", help="only the Keras rows (keras-mlp, keras-cnn)")
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of timing per batch size")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--no-auto", action="store_true", help="skip the --auto search on digits")
@@ -293,7 +298,7 @@ def main() -> None:
             "command": " ".join(["bench/optimize.py", *sys.argv[1:]]), "seq": args.seq}
     shutil.rmtree(WORK, ignore_errors=True)
     rows: list[dict[str, Any]] = []
-    models = args.models.split(",")
+    models = ["keras-mlp", "keras-cnn"] if args.keras_only else args.models.split(",")
     if "digits" in models:
         (WORK / "digits").mkdir(parents=True)
         rows += bench_digits(WORK / "digits" / "repo", args.budget, not args.no_auto)
@@ -301,6 +306,11 @@ def main() -> None:
         if kind in models:
             (WORK / kind).mkdir(parents=True)
             rows += bench_transformer(kind, WORK / kind / "repo", args.small, args.budget, args.seq)
+    for kind in ("keras-mlp", "keras-cnn"):
+        if kind in models:
+            from optimize_keras import bench_keras  # bench/ is the script's folder: TensorFlow only here
+
+            rows += bench_keras(kind, WORK / kind, args.budget, meta["threads"])
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))

@@ -41,10 +41,10 @@ def test_optimize_draws_no_terminal_ui() -> None:
 
 
 def test_every_format_optimize_reads_is_one_a_runtime_serves() -> None:
-    assert {"onnx", "torch-export", "hf-transformers", "hf-causal-lm"} <= set(formats.REGISTRY)
+    assert {"onnx", "torch-export", "hf-transformers", "hf-causal-lm", "tflite"} <= set(formats.REGISTRY)
     for name, fmt in formats.REGISTRY.items():
         assert fmt.name == name and name in RUNTIMES, name
-        assert fmt.kind in ("torch", "onnx")
+        assert fmt.kind in ("torch", "onnx", "tflite")
         assert fmt.evaluator in evaluators.REGISTRY
     assert sum(f.fallback for f in formats.REGISTRY.values()) == 1
 
@@ -61,6 +61,8 @@ def test_every_built_in_pass_declares_known_formats() -> None:
     assert presets_for("onnx") == ["int8-dynamic", "int8-static", "fp16"]
     assert runs_on("quantize", "onnx") and not runs_on("quantize", "torch")
     assert runs_on("prune-unstructured", "onnx") and runs_on("prune-unstructured", "torch")
+    assert passes_for("tflite") == ["tflite-to-onnx"] and presets_for("tflite") == []
+    assert runs_on("tflite", "onnx") and not runs_on("tflite", "torch")
 
 
 def test_the_cli_hint_names_every_preset(digits_copy: Repository) -> None:

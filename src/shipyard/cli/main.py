@@ -133,7 +133,7 @@ def models_verify(ref: Annotated[str | None, typer.Argument(help="NAME or NAME:V
 
 @models_app.command("import")
 def models_import(
-    path: Annotated[Path, typer.Argument(help="ONNX file, torch.export .pt2, TorchScript file, or Hugging Face folder.")],
+    path: Annotated[Path, typer.Argument(help="ONNX file, torch.export .pt2, TorchScript file, Hugging Face folder, Keras .keras/.h5, SavedModel folder, .tflite file, or MLflow model folder.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Model name in the repository.")],
     repository: RepoOpt = None,
     inputs: Annotated[list[str] | None, typer.Option("--input", help="Override an input: NAME:DATATYPE:DIMS, e.g. pixels:FP32:-1,1,8,8 (repeat).")] = None,
@@ -182,6 +182,7 @@ def optimize_cmd(
     recipe: Annotated[Path | None, typer.Option("--recipe", help="Recipe YAML: a list of passes.")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="Built-in recipe: int8-dynamic, int8-static, fp16, prune-structured-50, lowrank-90, distill-half, int8-weight-only, int4-weight-only.")] = None,
     auto: Annotated[bool, typer.Option("--auto", help="Search recipes for the best --objective within --max-accuracy-drop.")] = False,
+    to: Annotated[str | None, typer.Option("--to", help="Convert: tflite or tflite-int8 (a TensorFlow/Keras import; int8 calibrated on --calibrate), onnx (a TFLite version).")] = None,
     max_accuracy_drop: Annotated[float, typer.Option(help="Accuracy points the search may lose vs the parent.")] = 1.0,
     objective: Annotated[str, typer.Option(help="What the search minimises: latency or size.")] = "latency",
     eval_data: Annotated[str | None, typer.Option("--eval", help="Eval data: FILE.npz (inputs by name, optional 'labels') or zoo:digits.")] = None,
@@ -196,7 +197,14 @@ def optimize_cmd(
     from shipyard.cli.optimize import run_optimize
 
     s = settings(repository=repository, threads=threads)  # SHIPYARD_THREADS applies here too
-    run(run_optimize, s.repository, ref, recipe, preset, auto, max_accuracy_drop,
+    steps: Path | list[dict[str, str]] | None = recipe
+    if to is not None:
+        from shipyard.optimize.passes.tflite import conversion
+
+        if recipe or preset or auto:
+            fail("--to is a recipe of its own; drop --recipe, --preset and --auto")
+        steps = run(conversion, to)
+    run(run_optimize, s.repository, ref, steps, preset, auto, max_accuracy_drop,
         objective, eval_data, calibrate, train, s.threads, as_json, latency_budget)
 
 

@@ -50,7 +50,7 @@ class RichProgress:
         self.live = None
 
 
-def run_optimize(root: Path, ref: str, recipe: Path | None, preset: str | None, auto: bool,
+def run_optimize(root: Path, ref: str, recipe: Path | list[dict[str, Any]] | None, preset: str | None, auto: bool,
                  max_accuracy_drop: float, objective: str, eval_data: str | None, calibrate: str | None,
                  train: str | None, threads: int | None, as_json: bool, latency_budget_s: float) -> None:
     import sys

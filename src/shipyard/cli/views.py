@@ -112,13 +112,14 @@ def lineage_tree(repo: Repository, name: str) -> Tree:
 def _step_label(step: dict[str, Any]) -> str:
     """'quantize(mode=static)': the pass and the settings that tell recipes apart."""
     name = str(step.get("pass", step))
-    keys = [k for k in ("mode", "format", "amount", "bits", "energy", "ratio", "calibration") if step.get(k) is not None]
+    keys = [k for k in ("mode", "format", "amount", "bits", "energy", "ratio", "calibration", "quantize", "from",
+                        "flavor") if step.get(k) is not None]
     return name + (f"({', '.join(f'{k}={step[k]}' for k in keys)})" if keys else "")
 
 
 def import_model(root: Path, path: Path, name: str, inputs: list[str], outputs: list[str],
                  trust_pickle: bool, as_json: bool) -> None:
-    from shipyard.runtimes.importer import import_model as do_import
+    from shipyard.optimize.sources import import_model as do_import
     from shipyard.runtimes.importer import parse_tensor_spec
 
     m = do_import(

@@ -1,7 +1,8 @@
 """What flows through a recipe: a model in one of two forms, plus its signature.
 
 - `torch`: an in-memory `nn.Module` (a torch.export program's module, or a transformers model);
-- `onnx`: a `.onnx` file in the run's work folder.
+- `onnx`: a `.onnx` file in the run's work folder;
+- `tflite`: a `.tflite` flatbuffer in the run's work folder (run by LiteRT).
 
 Passes never modify their input artifact's files: they write new ones into `Context.workdir`.
 Opening a published version as an artifact, and saving one, is the work of `optimize/formats/`.
@@ -22,10 +23,11 @@ from shipyard.repository import Signature
 
 @dataclass
 class Artifact:
-    kind: Literal["torch", "onnx"]
+    kind: Literal["torch", "onnx", "tflite"]
     signature: Signature
     module: Any = None
     onnx_path: Path | None = None
+    tflite_path: Path | None = None
     # Facts the publishing step needs: 'architecture' (transformers class), 'weight_only' (bits).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -90,6 +92,11 @@ def run_artifact(artifact: Artifact, inputs: dict[str, np.ndarray], threads: int
     """Outputs of the artifact on `inputs`, by output name (for parity checks and calibration)."""
     if artifact.kind == "torch":
         return run_torch(artifact, inputs)
+    if artifact.kind == "tflite":
+        from shipyard.runtimes.tflite import run_tflite
+
+        assert artifact.tflite_path is not None
+        return run_tflite(artifact.tflite_path, inputs, artifact.extra.get("tflite_names"), threads)
     import onnxruntime as ort
 
     assert artifact.onnx_path is not None

@@ -10,6 +10,7 @@ from shipyard.runtimes.base import Runtime, RuntimeOptions
 from shipyard.runtimes.hf import HFTransformersRuntime
 from shipyard.runtimes.hf_causal import HFCausalLMRuntime
 from shipyard.runtimes.onnx import OnnxRuntime
+from shipyard.runtimes.tflite import TfliteRuntime
 from shipyard.runtimes.torch_export import TorchExportRuntime
 from shipyard.runtimes.torchscript import TorchScriptRuntime
 
@@ -17,7 +18,8 @@ REGISTRY: dict[str, type[Runtime]] = {
     cls.format: cls
     # Order matters for importing: the first class that claims a path decides its format, so the
     # causal-LM runtime comes before the general Hugging Face one.
-    for cls in (OnnxRuntime, TorchExportRuntime, TorchScriptRuntime, HFCausalLMRuntime, HFTransformersRuntime)
+    for cls in (OnnxRuntime, TorchExportRuntime, TorchScriptRuntime, HFCausalLMRuntime, HFTransformersRuntime,
+                TfliteRuntime)
 }
 
 

@@ -58,7 +58,9 @@ def detect(source: Path) -> type[Runtime]:
             return cls
     raise InvalidInput(
         f"{source} is not a format shipyard can import; expected an ONNX file (.onnx), a torch.export "
-        "program (.pt2), a TorchScript file, or a Hugging Face folder (config.json + safetensors)"
+        "program (.pt2), a TorchScript file, a TFLite file (.tflite), a Hugging Face folder (config.json + "
+        "safetensors), or (through `shipyard models import`) a Keras file (.keras, .h5), a SavedModel folder or "
+        "an MLflow model folder"
     )
 
 
@@ -91,7 +93,10 @@ def _export_pickled_module(source: Path, inputs: list[TensorSpec] | None, dest: 
 
 def import_model(repo: Repository, source: str | Path, name: str, *,
                  inputs: list[TensorSpec] | None = None, outputs: list[TensorSpec] | None = None,
-                 trust_pickle: bool = False, metrics: dict[str, Any] | None = None) -> Manifest:
+                 trust_pickle: bool = False, metrics: dict[str, Any] | None = None,
+                 steps: list[dict[str, Any]] | None = None) -> Manifest:
+    """Publish `source` as the next version of `name`. `steps` are recorded as the lineage's
+    recipe (what an importer did to the file before it came here: unwrapping, converting)."""
     check_model_name(name)
     source = Path(source)
     if not source.exists():
@@ -108,7 +113,7 @@ def import_model(repo: Repository, source: str | Path, name: str, *,
             source = _export_pickled_module(source, inputs, Path(tmp))
         cls = detect(source)
         signature = merge_signature(cls.inspect(source, options), inputs, outputs, origin)
-        with repo.publish(name, cls.format, signature, Lineage(source=str(origin.resolve())), metrics) as staging:
+        with repo.publish(name, cls.format, signature, Lineage(source=str(origin.resolve()), recipe=steps or []), metrics) as staging:
             staging.extra.update(cls.stage(source, staging.path, options))
         assert staging.manifest is not None
         return staging.manifest

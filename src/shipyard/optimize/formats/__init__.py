@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact
-from shipyard.optimize.formats import hf, hf_causal_lm, onnx, torch_export  # noqa: F401 - @register
+from shipyard.optimize.formats import hf, hf_causal_lm, onnx, tflite, torch_export  # noqa: F401 - @register
 from shipyard.optimize.formats.base import REGISTRY, Format, register
 from shipyard.repository import Manifest, Repository
 

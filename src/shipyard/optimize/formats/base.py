@@ -36,8 +36,9 @@ class Format(ABC):
     """One model format: load a version as an artifact, save an artifact, count its weights."""
 
     name: ClassVar[str]
-    # The in-memory form `load` gives: an `nn.Module` ('torch') or an .onnx file ('onnx').
-    kind: ClassVar[Literal["torch", "onnx"]]
+    # The in-memory form `load` gives: an `nn.Module` ('torch'), an .onnx file ('onnx') or a
+    # .tflite file ('tflite').
+    kind: ClassVar[Literal["torch", "onnx", "tflite"]]
     # Results are saved back in this format, so every pass of a recipe must accept it (checked
     # before anything runs). False where a pass can convert the model into another format.
     keeps_format: ClassVar[bool] = False

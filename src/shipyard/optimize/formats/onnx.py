@@ -31,7 +31,10 @@ class Onnx(Format):
         dest = workdir / "source.onnx"
         shutil.copyfile(folder / FILE, dest)
         _untie(dest)
-        return Artifact("onnx", manifest.signature, onnx_path=dest)
+        # An imported TensorFlow model keeps its original (original/), which TF-side passes read.
+        original = {"tf_original": str(folder / manifest.extra["original"]), "tf_onnx": str(dest)} \
+            if manifest.extra.get("original") else {}
+        return Artifact("onnx", manifest.signature, onnx_path=dest, extra=original)
 
     def saves(self, artifact: Artifact) -> bool:
         return artifact.kind == "onnx"

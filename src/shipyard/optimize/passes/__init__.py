@@ -12,6 +12,7 @@ from shipyard.optimize.passes import (  # noqa: F401 - imported for their @regis
     prune_structured,
     prune_unstructured,
     quantize,
+    tflite,
     weight_only,
 )
 from shipyard.optimize.passes.base import BY_NAME, REGISTRY, Context, PassConfig, accepts, apply, kinds, register
