@@ -124,6 +124,10 @@ def models_verify(ref: Annotated[str | None, typer.Argument(help="NAME or NAME:V
         raise typer.Exit(1)
 
 
+TASK_HELP = ("What the outputs mean: multiclass, binary, multilabel, regression, language-modelling or embeddings "
+             "(default: inferred from the signature, the output activation and the eval labels).")
+
+
 @models_app.command("import")
 def models_import(
     path: Annotated[Path, typer.Argument(help="ONNX file, torch.export .pt2, TorchScript file, or Hugging Face folder.")],
@@ -132,12 +136,14 @@ def models_import(
     inputs: Annotated[list[str] | None, typer.Option("--input", help="Override an input: NAME:DATATYPE:DIMS, e.g. pixels:FP32:-1,1,8,8 (repeat).")] = None,
     outputs: Annotated[list[str] | None, typer.Option("--output", help="Override an output: NAME:DATATYPE:DIMS (repeat).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled torch module (it can run code); it is exported to torch.export on import.")] = False,
+    task: Annotated[str | None, typer.Option("--task", help=TASK_HELP)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish a model file as the next version of NAME; its signature is read from the file."""
     from shipyard.cli import views
 
-    run(views.import_model, settings(repository=repository).repository, path, name, inputs or [], outputs or [], trust_pickle, as_json)
+    run(views.import_model, settings(repository=repository).repository, path, name, inputs or [], outputs or [], trust_pickle, as_json,
+        task)
 
 
 @models_app.command("remove")

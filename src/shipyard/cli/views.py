@@ -117,7 +117,7 @@ def _step_label(step: dict[str, Any]) -> str:
 
 
 def import_model(root: Path, path: Path, name: str, inputs: list[str], outputs: list[str],
-                 trust_pickle: bool, as_json: bool) -> None:
+                 trust_pickle: bool, as_json: bool, task: str | None = None) -> None:
     from shipyard.runtimes.importer import import_model as do_import
     from shipyard.runtimes.importer import parse_tensor_spec
 
@@ -125,9 +125,10 @@ def import_model(root: Path, path: Path, name: str, inputs: list[str], outputs: 
         Repository(root), path, name,
         inputs=[parse_tensor_spec(s) for s in inputs] or None,
         outputs=[parse_tensor_spec(s) for s in outputs] or None,
-        trust_pickle=trust_pickle,
+        trust_pickle=trust_pickle, task=task,
     )
     if as_json:
         print(m.model_dump_json(indent=2))
     else:
-        console.print(f"published [bold]{m.name}:{m.version}[/] ({m.format}, {human_size(m.size_bytes)})")
+        console.print(f"published [bold]{m.name}:{m.version}[/] ({m.format}, {human_size(m.size_bytes)}"
+                      + (f", task {m.task})" if m.task else ")"))

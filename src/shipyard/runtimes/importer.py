@@ -91,8 +91,14 @@ def _export_pickled_module(source: Path, inputs: list[TensorSpec] | None, dest: 
 
 def import_model(repo: Repository, source: str | Path, name: str, *,
                  inputs: list[TensorSpec] | None = None, outputs: list[TensorSpec] | None = None,
-                 trust_pickle: bool = False, metrics: dict[str, Any] | None = None) -> Manifest:
+                 trust_pickle: bool = False, metrics: dict[str, Any] | None = None,
+                 task: str | None = None) -> Manifest:
+    """`task` (shipyard.tasks) is stored in the manifest; without it, a task the signature or the
+    output activation makes plain is stored, else it is inferred when the version is measured."""
+    from shipyard import tasks
+
     check_model_name(name)
+    tasks.check_name(task)
     source = Path(source)
     if not source.exists():
         raise NotFound(f"{source} does not exist")
@@ -110,5 +116,23 @@ def import_model(repo: Repository, source: str | Path, name: str, *,
         signature = merge_signature(cls.inspect(source, options), inputs, outputs, origin)
         with repo.publish(name, cls.format, signature, Lineage(source=str(origin.resolve())), metrics) as staging:
             staging.extra.update(cls.stage(source, staging.path, options))
+            staging.task = task or tasks.from_signature(signature) or _task_of_onnx(source, signature)
         assert staging.manifest is not None
         return staging.manifest
+
+
+def _task_of_onnx(source: Path, signature: Signature) -> str | None:
+    """The task an ONNX graph's output activation makes plain: a Sigmoid (binary for one unit,
+    multilabel for several) or a Softmax (multiclass); None for anything else."""
+    if source.suffix != ".onnx" or not signature.outputs:
+        return None
+    import onnx
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    last = next((n for n in graph.node if signature.outputs[0].name in n.output), None)
+    if last is None:
+        return None
+    units = signature.outputs[0].shape[-1] if signature.outputs[0].shape else -1
+    if last.op_type == "Sigmoid":
+        return "binary" if units == 1 else "multilabel" if units > 1 else None
+    return "multiclass" if last.op_type == "Softmax" and units != 1 else None
