@@ -265,7 +265,9 @@ def infer(signature: Any, labels: np.ndarray | None = None, outputs: np.ndarray 
     units = signature.outputs[0].shape[-1] if signature.outputs and signature.outputs[0].shape else -1
     if outputs is not None and outputs.ndim >= 1:
         units = outputs.shape[-1] if outputs.ndim >= 2 else 1
-    if labels is not None and outputs is not None and labels.size == outputs.size and units > 1:
+    per_sample = labels is not None and outputs is not None and len(labels) and len(outputs) and \
+        labels.size // len(labels) == outputs.size // len(outputs)
+    if labels is not None and per_sample and units > 1:
         if labels.dtype.kind == "f" and not np.isin(labels, (0, 1)).all():
             return "regression", "float labels with the outputs' shape"
         return "multilabel", "0/1 labels with the outputs' shape"

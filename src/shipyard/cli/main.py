@@ -188,6 +188,9 @@ def optimize_cmd(
     train: Annotated[str | None, typer.Option(help="Training data for fine-tuning, named like --eval.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads for measuring (default: all cores).")] = None,
     latency_budget: Annotated[float, typer.Option(help="Seconds spent timing each batch size.")] = 2.0,
+    task: Annotated[str | None, typer.Option("--task", help=TASK_HELP)] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="A user metric, package.module:function, called with (outputs, labels); reported, and with --auto the budget is in its points.")] = None,
+    importance: Annotated[str | None, typer.Option("--importance", help="Which weights pruning removes and the sensitivity ranks: l1 or l2 norm (default l1).")] = None,
     repository: RepoOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -196,7 +199,7 @@ def optimize_cmd(
 
     s = settings(repository=repository, threads=threads)  # SHIPYARD_THREADS applies here too
     run(run_optimize, s.repository, ref, recipe, preset, auto, max_accuracy_drop,
-        objective, eval_data, calibrate, train, s.threads, as_json, latency_budget)
+        objective, eval_data, calibrate, train, s.threads, as_json, latency_budget, task, metric, importance)
 
 
 app.add_typer(keys_app, name="keys")

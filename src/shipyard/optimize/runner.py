@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from shipyard import tasks
 from shipyard.errors import InvalidInput
 from shipyard.optimize import evaluators, formats
 from shipyard.optimize.artifact import Artifact, run_artifact
@@ -116,7 +117,7 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
     parent = repo.manifest(name, version)
     root = root_of(repo, parent)
     known = formats.REGISTRY.get(parent.format)
-    task = task or recipe_task(recipe)
+    task = tasks.check_name(task) or recipe_task(recipe)
     if evaluator is None:
         options = EvalOptions(eval_data, threads, latency_budget_s, max_eval_tokens, task, metric)
         default = known.evaluator if known else "classification"

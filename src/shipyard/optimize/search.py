@@ -236,6 +236,7 @@ class Searched:
     parent: dict[str, Any]  # the parent's metrics, measured like the candidates
     best: Candidate | None
     budget: float
+    score: str = "accuracy"  # the metric the budget is in: the task's score, or 'metric' (the user's)
 
 
 def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
@@ -281,7 +282,7 @@ def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
             ev.retime(sorted(fitting, key=lambda c: c.metrics[key])[:FINALISTS])
     best = min(fitting, key=lambda c: c.metrics[key]) if fitting else None
     if on_searched is not None:
-        on_searched(Searched(tried, ev.parent_metrics, best, max_accuracy_drop))
+        on_searched(Searched(tried, ev.parent_metrics, best, max_accuracy_drop, ev.score))
     if best is None:
         raise InvalidInput(f"no candidate kept accuracy within {max_accuracy_drop} points of "
                            f"{name}:{parent.version}; raise --max-accuracy-drop or give --train data for fine-tuning")
