@@ -61,8 +61,8 @@ class Classification(Evaluator):
         labelled = self.data.labels is not None
         if self.spec.score == "agreement":
             return len(self.data), f"{self.task}: {self.spec.describe.replace('the parent', f'v{parent.version}')}"
-        return len(self.data), (f"{self.task}: {self.spec.describe} on labels" if labelled
-                                else f"{self.task}: agreement with v{parent.version}'s predictions")
+        said = "accuracy on labels" if labelled else f"agreement with v{parent.version}'s predictions"
+        return len(self.data), said if self.task == "multiclass" else f"{self.task}: {said}"
 
     def summarize(self, measured: dict[str, dict[str, Any]], ctx: Context) -> dict[str, Any]:
         ctx.note(f"task {self.task} ({self.why}); ΔL is the {self.task} loss "
