@@ -26,8 +26,7 @@ from shipyard.optimize.measure import Versions
 from shipyard.optimize.parity import check_parity
 from shipyard.optimize.passes import Context, PassConfig, accepts, apply
 from shipyard.optimize.progress import QUIET, Progress, running
-from shipyard.optimize.recipe import (Recipe, load_recipe, parse_recipe, passes_for, preset, presets_for,
-                                      recipe_task)
+from shipyard.optimize.recipe import Recipe, load_recipe, parse_recipe, passes_for, preset, presets_for, recipe_task
 from shipyard.optimize.sensitivity import sensitivity_facts, with_importance
 from shipyard.repository import Lineage, Manifest, Repository, Signature, parse_ref
 

@@ -28,10 +28,18 @@ class Classification(Evaluator):
             self.task = given
             self.why = "given (--task)" if self.options.task else "from the manifest" if parent.task else "the evaluator's"
         else:
-            self.task, self.why = tasks.infer(parent.signature, ev.labels, self._sample(repo, parent))
+            self.task, self.why = tasks.infer(parent.signature, ev.labels, None if self._plain(parent) else
+                                              self._sample(repo, parent))
         self.spec = tasks.get(self.task)
         self.metric = tasks.load_metric(self.options.metric) if self.options.metric is not None else None
         return ev, cal, tr
+
+    def _plain(self, parent: Manifest) -> bool:
+        """True when the signature and the labels settle the task without running the model:
+        several output units, known, and one integer label per sample (or none)."""
+        shape = parent.signature.outputs[0].shape if parent.signature.outputs else []
+        labels = self.data.labels
+        return bool(shape) and shape[-1] > 1 and (labels is None or (labels.ndim == 1 and labels.dtype.kind in "iu"))
 
     def _sample(self, repo: Repository, parent: Manifest) -> Any:
         """The parent's outputs on a few eval samples: what inference reads the value range from."""
