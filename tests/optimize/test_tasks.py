@@ -278,3 +278,37 @@ def test_sensitivity_helpers_l1_and_l2_differ_and_onnx_layers_are_named(binary: 
     assert data is not None
     sens = onnx_sensitivity(path, tasks.get("binary"), data, {"quantize": 0.0, "prune": 0.5}, "l1")
     assert sens["total"] == 3 <= MAX_LAYERS and all("quantize" in r and "prune" in r for r in sens["layers"])
+
+
+def test_recipe_task_and_onnx_activation_on_import(binary: dict[str, Any], tmp_path: Path) -> None:
+    recipe = {"task": "regression", "passes": [{"pass": "export", "format": "onnx"}]}
+    result = optimize(binary["repo"].root, "binary:1", recipe=recipe, eval_data=binary["eval"], **FAST)
+    assert result.manifest.task == "regression" and "mse" in result.report["rows"][-1]["metrics"]
+    with pytest.raises(InvalidInput, match="unknown task 'dogs'"):
+        optimize(binary["repo"].root, "binary:1", recipe={**recipe, "task": "dogs"}, eval_data=binary["eval"], **FAST)
+    # An ONNX file whose output comes out of a Sigmoid is stored as binary on import.
+    onnx_file = next(binary["repo"].path("binary", result.manifest.version).glob("*.onnx"))
+    assert import_model(binary["repo"], onnx_file, "binary-onnx").task == "binary"
+
+
+def test_multiclass_probabilities_and_logits_give_the_same_loss() -> None:
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((50, 6))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = rng.integers(0, 6, 50)
+    task = tasks.get("multiclass")
+    hand = float(-np.log(probs[np.arange(50), y]).mean())
+    assert task.loss(logits, y, soft=False) == pytest.approx(hand)
+    assert task.loss(probs, y, soft=False) == pytest.approx(hand)
+    assert task.evaluate(probs, y)["accuracy"] == pytest.approx(float((probs.argmax(1) == y).mean()))
+    assert tasks.infer(_sig(6), y, None)[0] == "multiclass"
+    assert tasks.infer(_sig(6), (rng.random((50, 6)) > 0.5).astype(np.int64), logits)[0] == "multilabel"
+    assert tasks.infer(_sig(6), rng.standard_normal((50, 6)), logits)[0] == "regression"
+    assert tasks.infer(_sig(1), None, rng.standard_normal((50, 1)) * 5)[0] == "regression"
+
+
+def _sig(units: int) -> Any:
+    from shipyard.repository import Signature, TensorSpec
+
+    return Signature(inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 4])],
+                     outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, units])])

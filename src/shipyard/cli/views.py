@@ -68,7 +68,8 @@ def show_model(root: Path, ref: str, as_json: bool) -> None:
     if as_json:
         print(m.model_dump_json(indent=2))
         return
-    console.print(f"[bold]{m.name}:{m.version}[/]  format {m.format}  {human_size(m.size_bytes)}  created {m.created:%Y-%m-%d %H:%M}")
+    console.print(f"[bold]{m.name}:{m.version}[/]  format {m.format}  {human_size(m.size_bytes)}  created {m.created:%Y-%m-%d %H:%M}"
+                  + (f"  task {m.task}" if m.task else ""))
     sig = Table(title="signature")
     for col in ("", "name", "datatype", "shape"):
         sig.add_column(col)
