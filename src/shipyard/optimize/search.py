@@ -116,9 +116,11 @@ class _Evaluator:
         base = repo.path(parent.name, parent.version)
         # The task (shipyard.tasks) and the score the budget is in: the user metric, else the task's.
         self.metric = tasks.load_metric(metric) if metric is not None else None
+        given = tasks.check_name(task) or parent.task
         self.parent_metrics, preds = measure(base, parent.format, parent.signature, ev, threads, None,
-                                             parent.extra, budget_s, metric=self.metric[1] if self.metric else None)
-        self.task = tasks.check_name(task) or parent.task or tasks.infer(parent.signature, ev.labels, preds)[0]
+                                             parent.extra, budget_s, tasks.get(given) if given else None,
+                                             self.metric[1] if self.metric else None)
+        self.task = given or tasks.infer(parent.signature, ev.labels, preds)[0]
         self.parent_metrics.update(tasks.get(self.task).evaluate(preds, ev.labels, preds))
         self.score = "metric" if self.metric else tasks.get(self.task).score
         self.reference = preds  # agreement (and, without labels, accuracy and ΔL) is against the parent
@@ -284,7 +286,7 @@ def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
     if on_searched is not None:
         on_searched(Searched(tried, ev.parent_metrics, best, max_accuracy_drop, ev.score))
     if best is None:
-        raise InvalidInput(f"no candidate kept accuracy within {max_accuracy_drop} points of "
+        raise InvalidInput(f"no candidate kept {ev.score} within {max_accuracy_drop} points of "
                            f"{name}:{parent.version}; raise --max-accuracy-drop or give --train data for fine-tuning")
     record = [{"candidate": c.label, "steps": c.steps, "error": c.error, "accuracy_drop_pt": c.drop, "retimed": c.retimed,
                **{k: c.metrics.get(k) for k in ("accuracy", "agreement", "loss", "metric", "latency_b1_p50_ms",
