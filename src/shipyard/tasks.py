@@ -234,6 +234,24 @@ _ALL: dict[str, Task] = {
 }
 
 
+# The one figure a listing shows for a version of each task: (label, metric key).
+HEADLINE: dict[str, tuple[str, str]] = {
+    "multiclass": ("accuracy", "accuracy"), "binary": ("AUC", "auc"), "multilabel": ("F1", "f1_macro"),
+    "regression": ("R²", "r2"), "language-modelling": ("perplexity", "perplexity"), "embeddings": ("cosine", "cosine"),
+}
+
+
+def headline(task: str | None, metrics: dict[str, Any]) -> str | None:
+    """'97.2%' (accuracy) or 'R² 0.931': the figure that says how good a version is, if measured."""
+    label, key = HEADLINE.get(task or "", ("accuracy", "accuracy"))
+    value = metrics.get(key)
+    if not isinstance(value, (int, float)):
+        value, label, key = metrics.get("accuracy"), "accuracy", "accuracy"
+    if not isinstance(value, (int, float)):
+        return None
+    return f"{value:.2%}" if key == "accuracy" else f"{label} {value:.4g}"
+
+
 def get(name: str) -> Task:
     if name not in _ALL:
         raise InvalidInput(f"unknown task {name!r}; --task is one of {', '.join(TASKS)}")

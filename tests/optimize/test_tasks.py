@@ -312,3 +312,10 @@ def _sig(units: int) -> Any:
 
     return Signature(inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 4])],
                      outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, units])])
+
+
+def test_listing_shows_each_task_s_headline() -> None:
+    assert tasks.headline("multiclass", {"accuracy": 0.9712}) == "97.12%"
+    assert tasks.headline("regression", {"r2": 0.93123, "mse": 0.1}) == "R² 0.9312"
+    assert tasks.headline("binary", {"accuracy": 0.5}) == "50.00%"  # no AUC measured: the accuracy
+    assert tasks.headline(None, {}) is None
