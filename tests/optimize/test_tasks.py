@@ -85,6 +85,7 @@ def _hand_binary(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def test_binary_int8_dynamic_with_labels_matches_a_hand_computation(binary: dict[str, Any]) -> None:
+    assert binary["m"].task == "binary"  # the program ends in a sigmoid over one unit: stored on import
     result = optimize(binary["repo"].root, "binary:1", preset_name="int8-dynamic", eval_data=binary["eval"], **FAST)
     assert result.report["facts"]["task"]["name"] == "binary"
     assert result.manifest.task == "binary"
@@ -305,6 +306,7 @@ def test_multiclass_probabilities_and_logits_give_the_same_loss() -> None:
     assert tasks.infer(_sig(6), (rng.random((50, 6)) > 0.5).astype(np.int64), logits)[0] == "multilabel"
     assert tasks.infer(_sig(6), rng.standard_normal((50, 6)), logits)[0] == "regression"
     assert tasks.infer(_sig(1), None, rng.standard_normal((50, 1)) * 5)[0] == "regression"
+    assert tasks.infer(_sig(1), None, rng.random((50, 1)))[0] == "binary"  # one unit in [0, 1]: a sigmoid
 
 
 def _sig(units: int) -> Any:
