@@ -194,7 +194,10 @@ def test_task_overrides_the_inferred_one(binary: dict[str, Any], tmp_path: Path)
     assert "mse" not in result.report["rows"][0]["metrics"] and "agreement" in result.report["rows"][0]["metrics"]
     # stored on import, then read from the manifest; --task on the command line wins over it
     src = binary["repo"].path("binary", 1) / binary["m"].files[0].path
-    imported = import_model(binary["repo"], src, "binary", task="regression")
+    run = CliRunner().invoke(app, ["models", "import", str(src), "--name", "binary", "--task", "regression",
+                                   "--repository", str(binary["repo"].root), "--json"])
+    assert run.exit_code == 0, run.output
+    imported = binary["repo"].manifest("binary", None)
     assert imported.task == "regression"
     run = CliRunner().invoke(app, ["optimize", f"binary:{imported.version}", "--preset", "int8-dynamic",
                                    "--eval", str(binary["eval"]), "--task", "binary", "--threads", "1",

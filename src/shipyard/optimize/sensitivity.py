@@ -22,6 +22,7 @@ from shipyard.optimize.progress import Progress
 
 MAX_LAYERS = 16
 SAMPLES = 256
+MAX_PARAMETERS = 20_000_000  # larger models are not measured (each layer costs a pass, or a new ORT session)
 IMPORTANCE = ("l1", "l2")
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 _PRUNES = ("prune-structured", "prune-unstructured")
@@ -180,6 +181,12 @@ def sensitivity_facts(artifact: Artifact, steps: list[PassConfig], ctx: Context,
     if not plan or ctx.eval_data is None or ctx.task is None or artifact.is_transformers:
         return
     task, criterion = tasks.get(ctx.task), check_importance(importance)
+    size = (sum(p.numel() for p in artifact.module.parameters()) if artifact.kind == "torch"
+            else artifact.onnx_path.stat().st_size // 4 if artifact.onnx_path is not None else 0)
+    if size > MAX_PARAMETERS:
+        ctx.note(f"per-layer sensitivity not measured: about {size:,} parameters, above the {MAX_PARAMETERS:,} "
+                 "that keep it cheap")
+        return
     if artifact.kind == "torch":
         facts = torch_sensitivity(artifact, task, ctx.eval_data, plan, criterion, progress)
     elif artifact.onnx_path is not None:
