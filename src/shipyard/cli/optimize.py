@@ -107,8 +107,9 @@ def report_table(report: dict[str, Any]) -> Table:
     for row in report["rows"]:
         t.add_row(f"v{row['version']} {row['role']}", row["format"], *[cell(k, row["metrics"].get(k)) for _, k in cols])
     d = report["deltas"]["vs_parent"]
+    score = report.get("facts", {}).get("task", {}).get("score", "accuracy")
     t.caption = (f"vs parent: speed-up b1 {d.get('speedup_b1', float('nan')):.2f}x, b32 {d.get('speedup_b32', float('nan')):.2f}x; "
-                 f"size x{d.get('size_ratio', float('nan')):.2f}; accuracy {100 * d.get('accuracy', float('nan')):+.2f} pt; "
+                 f"size x{d.get('size_ratio', float('nan')):.2f}; {score} {100 * d.get(score, float('nan')):+.2f} pt; "
                  f"ΔL {d.get('loss', float('nan')):+.4f}  |  {report['machine']['summary']}, {report['machine']['threads']} threads")
     return t
 
