@@ -19,7 +19,7 @@ SRC = ROOT / "src"
 # and `serve.app` (which mounts the channels) sits with them.
 LAYERS: list[tuple[str, ...]] = [
     ("shipyard.errors",),
-    ("shipyard.tensors", "shipyard.config", "shipyard.protocol", "shipyard.units"),
+    ("shipyard.tensors", "shipyard.config", "shipyard.protocol", "shipyard.units", "shipyard.tasks"),
     ("shipyard.repository", "shipyard.kernels", "shipyard.quant"),
     ("shipyard.runtimes", "shipyard.generate"),
     ("shipyard.zoo", "shipyard.train", "shipyard.optimize"),

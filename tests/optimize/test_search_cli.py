@@ -61,11 +61,14 @@ def test_fallback_keeps_the_most_harmful_layers_in_fp32(digits_copy: Repository)
     assert final.fits(1.0) and "fp32:" in final.label
     excluded = result.manifest.lineage.recipe[0]["exclude"]
     assert 1 <= len(excluded) <= 4  # conv/gemm layers of the CNN
-    sensitivity = [c for c in tried if c.label.startswith("int8-static -")]
-    assert len(sensitivity) == 4  # one trial per weighted layer
-    # fp32 layers are added in order of the accuracy each one alone gave back
-    regained = {c.label.split(" -", 1)[1]: tried[0].drop - c.drop for c in sensitivity}
-    assert excluded[0] == max(regained, key=lambda k: regained[k])
+    sensitivity = [c for c in tried if c.label.startswith("int8-static only ")]
+    assert len(sensitivity) == 4  # one trial per weighted layer: only it quantized
+    # fp32 layers are added in order of sensitivity: ΔL with only that layer quantized, largest first
+    delta = {c.label.split(" only ", 1)[1]: c.metrics["loss"] for c in sensitivity}  # the parent's loss is common
+    assert excluded[0] == max(delta, key=lambda k: delta[k])
+    recorded = result.report["facts"]["search"]["sensitivity"]
+    assert [r["layer"] for r in recorded["layers"]][: len(excluded)] == excluded
+    assert recorded["total"] == 4 and not recorded["capped"]
     before = [c for c in tried if ", fp32: " in c.label]
     assert all(not c.fits(1.0) for c in before[:-1])  # it stopped at the first that fits
 

@@ -92,3 +92,41 @@ def test_canary_split_shadow_and_live_changes(repo_root: Path) -> None:
             assert versions(client, 10) == Counter({"2": 10})  # v7 does not exist: latest ready answers
     finally:
         assert server.stop() == 0, server.output()
+
+
+def test_int8_shadow_agrees_when_the_classes_agree(repo_root: Path) -> None:
+    """The comparison is task-aware (shipyard.tasks): an int8 shadow of the fp32 primary gives
+    other numbers, but the same classes, so it agrees; raw outputs would all 'disagree'."""
+    import numpy as np
+
+    from shipyard.optimize.runner import optimize
+
+    made = optimize(repo_root, "digits:2", preset_name="int8-static", threads=1, latency_budget_s=0.05)
+    assert made.manifest.version == 3 and made.manifest.task == "multiclass"
+    write_config(repo_root, {"weights": {"2": 1}, "shadow": {"version": 3, "fraction": 1.0}})
+    server = ServerProcess(repo_root, "--models", "digits")
+    pixels = digits_test()[0][:30]
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            def logits(version: int, x: np.ndarray) -> np.ndarray:
+                body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 1, 8, 8],
+                                    "data": x.ravel().tolist()}]}
+                r = client.post(f"/v2/models/digits/versions/{version}/infer", json=body).json()
+                return np.asarray(r["outputs"][0]["data"], dtype=np.float32)
+
+            same = [int(logits(2, x).argmax() == logits(3, x).argmax()) for x in pixels]
+            raw = [bool(np.allclose(logits(2, x), logits(3, x), rtol=1e-3, atol=1e-4)) for x in pixels]
+            assert not any(raw)  # int8 changes the numbers
+            before = shadow_counts(server)
+            for x in pixels:
+                body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": x.ravel().tolist()}]}
+                assert client.post("/v2/models/digits/infer", json=body).json()["model_version"] == "2"
+            deadline = time.monotonic() + 10
+            while sum(shadow_counts(server).values()) - sum(before.values()) < len(pixels):
+                assert time.monotonic() < deadline, "the shadow comparisons were not counted"
+                time.sleep(0.2)
+            after = shadow_counts(server)
+            assert after.get("agree", 0) - before.get("agree", 0) == sum(same) >= 25, (after, same)
+            assert after.get("disagree", 0) - before.get("disagree", 0) == len(pixels) - sum(same)
+    finally:
+        assert server.stop() == 0, server.output()

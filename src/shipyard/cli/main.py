@@ -131,6 +131,10 @@ def models_verify(ref: Annotated[str | None, typer.Argument(help="NAME or NAME:V
         raise typer.Exit(1)
 
 
+TASK_HELP = ("What the outputs mean: multiclass, binary, multilabel, regression, language-modelling or embeddings "
+             "(default: inferred from the signature, the output activation and the eval labels).")
+
+
 @models_app.command("import")
 def models_import(
     path: Annotated[Path, typer.Argument(help="ONNX file, torch.export .pt2, TorchScript file, Hugging Face folder, Keras .keras/.h5, SavedModel folder, .tflite file, or MLflow model folder.")],
@@ -139,12 +143,14 @@ def models_import(
     inputs: Annotated[list[str] | None, typer.Option("--input", help="Override an input: NAME:DATATYPE:DIMS, e.g. pixels:FP32:-1,1,8,8 (repeat).")] = None,
     outputs: Annotated[list[str] | None, typer.Option("--output", help="Override an output: NAME:DATATYPE:DIMS (repeat).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a pickled torch module (it can run code); it is exported to torch.export on import.")] = False,
+    task: Annotated[str | None, typer.Option("--task", help=TASK_HELP)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish a model file as the next version of NAME; its signature is read from the file."""
     from shipyard.cli import views
 
-    run(views.import_model, settings(repository=repository).repository, path, name, inputs or [], outputs or [], trust_pickle, as_json)
+    run(views.import_model, settings(repository=repository).repository, path, name, inputs or [], outputs or [], trust_pickle, as_json,
+        task)
 
 
 @models_app.command("remove")
@@ -190,6 +196,9 @@ def optimize_cmd(
     train: Annotated[str | None, typer.Option(help="Training data for fine-tuning, named like --eval.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads for measuring (default: all cores).")] = None,
     latency_budget: Annotated[float, typer.Option(help="Seconds spent timing each batch size.")] = 2.0,
+    task: Annotated[str | None, typer.Option("--task", help=TASK_HELP)] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="A user metric, package.module:function, called with (outputs, labels); reported, and with --auto the budget is in its points.")] = None,
+    importance: Annotated[str | None, typer.Option("--importance", help="Which weights pruning removes and the sensitivity ranks: l1 or l2 norm (default l1).")] = None,
     repository: RepoOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -205,7 +214,7 @@ def optimize_cmd(
             fail("--to is a recipe of its own; drop --recipe, --preset and --auto")
         steps = run(conversion, to)
     run(run_optimize, s.repository, ref, steps, preset, auto, max_accuracy_drop,
-        objective, eval_data, calibrate, train, s.threads, as_json, latency_budget)
+        objective, eval_data, calibrate, train, s.threads, as_json, latency_budget, task, metric, importance)
 
 
 app.add_typer(keys_app, name="keys")

@@ -52,7 +52,8 @@ class RichProgress:
 
 def run_optimize(root: Path, ref: str, recipe: Path | list[dict[str, Any]] | None, preset: str | None, auto: bool,
                  max_accuracy_drop: float, objective: str, eval_data: str | None, calibrate: str | None,
-                 train: str | None, threads: int | None, as_json: bool, latency_budget_s: float) -> None:
+                 train: str | None, threads: int | None, as_json: bool, latency_budget_s: float,
+                 task: str | None = None, metric: str | None = None, importance: str | None = None) -> None:
     import sys
 
     from shipyard.errors import InvalidInput
@@ -60,7 +61,8 @@ def run_optimize(root: Path, ref: str, recipe: Path | list[dict[str, Any]] | Non
     # Tables are wide: do not squeeze them into 80 columns when the output is a pipe or a file.
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 160)
     common: dict[str, Any] = dict(eval_data=eval_data, calibrate=calibrate, train=train, threads=threads,
-                                  latency_budget_s=latency_budget_s, progress=RichProgress(console))
+                                  latency_budget_s=latency_budget_s, progress=RichProgress(console),
+                                  task=task, metric=metric)
     if auto:
         if recipe or preset:
             raise InvalidInput("--auto searches recipes itself; drop --recipe/--preset")
@@ -75,11 +77,14 @@ def run_optimize(root: Path, ref: str, recipe: Path | list[dict[str, Any]] | Non
             raise InvalidInput(f"give --recipe FILE.yaml, --preset NAME ({', '.join(PRESETS)}) or --auto")
         from shipyard.optimize.runner import optimize
 
-        result = optimize(root, ref, recipe=recipe, preset_name=preset, **common)
+        result = optimize(root, ref, recipe=recipe, preset_name=preset, importance=importance, **common)
     if as_json:
         print(json.dumps(result.report, indent=2, default=str))
         return
     console.print(report_table(result.report))
+    sens = sensitivity_table(result.report)
+    if sens is not None:
+        console.print(sens)
     for note in result.report["notes"]:
         console.print(f"  [dim]- {note}[/]", highlight=False)
     folder = root / result.manifest.name / str(result.manifest.version)
@@ -89,38 +94,65 @@ def run_optimize(root: Path, ref: str, recipe: Path | list[dict[str, Any]] | Non
 
 def report_table(report: dict[str, Any]) -> Table:
     """The report's measurements, one row per version, and the deltas against the parent."""
-    from shipyard.optimize.report import COLUMNS, cell
+    from shipyard.optimize.report import cell, columns
+
+    cols = columns(report)
 
     t = Table(title=f"{report['model']}:{report['version']} from v{report['parent']} "
                     f"({', '.join(s['pass'] for s in report['recipe'])}) on {report['eval_data']}")
     t.add_column("version")
     t.add_column("format")
-    for label, _ in COLUMNS:
+    for label, _ in cols:
         t.add_column(label, justify="right")
     for row in report["rows"]:
-        t.add_row(f"v{row['version']} {row['role']}", row["format"], *[cell(k, row["metrics"].get(k)) for _, k in COLUMNS])
+        t.add_row(f"v{row['version']} {row['role']}", row["format"], *[cell(k, row["metrics"].get(k)) for _, k in cols])
     d = report["deltas"]["vs_parent"]
+    score = report.get("facts", {}).get("task", {}).get("score", "accuracy")
     t.caption = (f"vs parent: speed-up b1 {d.get('speedup_b1', float('nan')):.2f}x, b32 {d.get('speedup_b32', float('nan')):.2f}x; "
-                 f"size x{d.get('size_ratio', float('nan')):.2f}; accuracy {100 * d.get('accuracy', float('nan')):+.2f} pt; "
+                 f"size x{d.get('size_ratio', float('nan')):.2f}; {score} {100 * d.get(score, float('nan')):+.2f} pt; "
                  f"ΔL {d.get('loss', float('nan')):+.4f}  |  {report['machine']['summary']}, {report['machine']['threads']} threads")
+    return t
+
+
+def sensitivity_table(report: dict[str, Any]) -> Table | None:
+    """Each layer's ΔL with only it changed, and the criterion; None when none was measured."""
+    from shipyard.optimize.report import sensitivity
+
+    sens = sensitivity(report)
+    if not sens or not sens.get("layers"):
+        return None
+    kinds = [k for k in ("quantize", "prune") if any(k in r for r in sens["layers"])]
+    t = Table(title=f"per-layer sensitivity: ΔL ({sens.get('task')} loss) with only that layer changed; "
+                    f"criterion {sens.get('criterion')}",
+              caption=f"{sens['measured']} of {sens['total']} layers measured (the cap)" if sens.get("capped") else None)
+    t.add_column("layer")
+    for k in kinds:
+        t.add_column(f"ΔL {k}", justify="right")
+    for r in sens["layers"]:
+        t.add_row(r["layer"], *[f"{r[k]:+.4g}" if k in r else "-" for k in kinds])
     return t
 
 
 def search_table(searched: Searched) -> Table:
     """Every candidate the search measured, and the one it chose."""
     tried, parent, best, budget = searched.tried, searched.parent, searched.best, searched.budget
-    t = Table(title=f"auto search: {len(tried)} candidates, budget {budget} accuracy points "
-                    f"(parent: {parent.get('accuracy', 0):.2%}, {parent.get('latency_b1_p50_ms', 0):.3f} ms, "
+    score = searched.score
+
+    def shown(v: Any) -> str:
+        return f"{v:.2%}" if score in ("accuracy", "agreement") else f"{v:.4g}"
+    t = Table(title=f"auto search: {len(tried)} candidates, budget {budget} {score} points "
+                    f"(parent: {shown(parent.get(score, 0))}, {parent.get('latency_b1_p50_ms', 0):.3f} ms, "
                     f"{human_size(parent.get('size_bytes', 0))})",
               caption="* the fastest that fit, timed again side by side" if any(c.retimed for c in tried) else None)
-    for col in ("candidate", "accuracy", "drop pt", "b1 p50 ms", "size", "fits", ""):
+    for col in ("candidate", score, "drop pt", "ΔL", "b1 p50 ms", "size", "fits", ""):
         t.add_column(col, justify="left" if col == "candidate" else "right")
     for c in tried:
         m = c.metrics
         if c.error:
-            t.add_row(c.label, "-", "-", "-", "-", "error", c.error[:60])
+            t.add_row(c.label, "-", "-", "-", "-", "-", "error", c.error[:60])
             continue
-        t.add_row(c.label, f"{m.get('accuracy', 0):.2%}", f"{c.drop:+.2f}",
+        dl = m.get("loss", float("nan")) - parent.get("loss", float("nan"))
+        t.add_row(c.label, shown(m.get(score, 0)), f"{c.drop:+.2f}", f"{dl:+.4f}",
                   f"{m.get('latency_b1_p50_ms', 0):.3f}" + (" *" if c.retimed else ""),
                   human_size(m.get("size_bytes", 0)), "yes" if c.fits(budget) else "no",
                   "[bold green]chosen[/]" if c is best else "")

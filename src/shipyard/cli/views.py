@@ -21,7 +21,7 @@ console = Console()
 def _summary(m: Manifest) -> dict[str, Any]:
     return {
         "name": m.name, "version": m.version, "format": m.format, "size_bytes": m.size_bytes,
-        "parent": m.lineage.parent, "created": m.created.isoformat(), "metrics": m.metrics,
+        "parent": m.lineage.parent, "created": m.created.isoformat(), "metrics": m.metrics, "task": m.task,
     }
 
 
@@ -44,16 +44,16 @@ def list_models(root: Path, as_json: bool) -> None:
         console.print(f"no models in {root}; try `shipyard demo --no-serve`")
         return
     table = Table(title=f"models in {root}")
-    for col in ("model", "version", "format", "size", "parent", "accuracy", "created"):
+    from shipyard.tasks import headline
+
+    for col in ("model", "version", "format", "task", "size", "parent", "quality", "created"):
         table.add_column(col)
     for r in rows:
         if r["error"] is not None:
-            table.add_row(r["name"], str(r["version"]), "[bold red]broken[/]", *["-"] * 4)
+            table.add_row(r["name"], str(r["version"]), "[bold red]broken[/]", *["-"] * 5)
             continue
-        acc = r["metrics"].get("accuracy")
-        table.add_row(r["name"], str(r["version"]), r["format"], human_size(r["size_bytes"]),
-                      str(r["parent"] or "-"), f"{acc:.2%}" if acc is not None else "-",
-                      r["created"][:19])
+        table.add_row(r["name"], str(r["version"]), r["format"], r["task"] or "-", human_size(r["size_bytes"]),
+                      str(r["parent"] or "-"), headline(r["task"], r["metrics"]) or "-", r["created"][:19])
     console.print(table)
     for r in rows:
         if r["error"] is not None:
@@ -68,7 +68,8 @@ def show_model(root: Path, ref: str, as_json: bool) -> None:
     if as_json:
         print(m.model_dump_json(indent=2))
         return
-    console.print(f"[bold]{m.name}:{m.version}[/]  format {m.format}  {human_size(m.size_bytes)}  created {m.created:%Y-%m-%d %H:%M}")
+    console.print(f"[bold]{m.name}:{m.version}[/]  format {m.format}  {human_size(m.size_bytes)}  created {m.created:%Y-%m-%d %H:%M}"
+                  + (f"  task {m.task}" if m.task else ""))
     sig = Table(title="signature")
     for col in ("", "name", "datatype", "shape"):
         sig.add_column(col)
@@ -88,6 +89,8 @@ def show_model(root: Path, ref: str, as_json: bool) -> None:
 
 def lineage_tree(repo: Repository, name: str) -> Tree:
     """Every version of a model, each under the parent it was made from."""
+    from shipyard.tasks import headline
+
     manifests: dict[int, Manifest] = {}
     tree = Tree(f"[bold]{name}[/] lineage")
     for v in repo.versions(name):
@@ -102,7 +105,7 @@ def lineage_tree(repo: Repository, name: str) -> Tree:
         figures = "  ".join(x for x in (
             human_size(mt.get("size_bytes", m.size_bytes)),
             f"{mt['latency_b1_p50_ms']:.3f} ms" if isinstance(mt.get("latency_b1_p50_ms"), float) else "",
-            f"{mt['accuracy']:.2%}" if isinstance(mt.get("accuracy"), float) else "") if x)
+            headline(m.task, mt) or "") if x)
         label = f"v{v} {m.format}  {figures}" + (f"  [dim]{recipe}[/]" if recipe else "")
         parent = nodes.get(m.lineage.parent) if m.lineage.parent else None
         nodes[v] = (parent or tree).add(label)
@@ -118,7 +121,7 @@ def _step_label(step: dict[str, Any]) -> str:
 
 
 def import_model(root: Path, path: Path, name: str, inputs: list[str], outputs: list[str],
-                 trust_pickle: bool, as_json: bool) -> None:
+                 trust_pickle: bool, as_json: bool, task: str | None = None) -> None:
     from shipyard.optimize.sources import import_model as do_import
     from shipyard.runtimes.importer import parse_tensor_spec
 
@@ -126,9 +129,10 @@ def import_model(root: Path, path: Path, name: str, inputs: list[str], outputs: 
         Repository(root), path, name,
         inputs=[parse_tensor_spec(s) for s in inputs] or None,
         outputs=[parse_tensor_spec(s) for s in outputs] or None,
-        trust_pickle=trust_pickle,
+        trust_pickle=trust_pickle, task=task,
     )
     if as_json:
         print(m.model_dump_json(indent=2))
     else:
-        console.print(f"published [bold]{m.name}:{m.version}[/] ({m.format}, {human_size(m.size_bytes)})")
+        console.print(f"published [bold]{m.name}:{m.version}[/] ({m.format}, {human_size(m.size_bytes)}"
+                      + (f", task {m.task})" if m.task else ")"))

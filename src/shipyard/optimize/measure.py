@@ -5,17 +5,19 @@ data. Without labels, accuracy is agreement with a reference's predictions (the 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from shipyard import tasks
 from shipyard.optimize import formats
 from shipyard.optimize.data import Dataset
 from shipyard.repository import Manifest, Signature
 from shipyard.runtimes import RuntimeOptions, runtime_for
+from shipyard.tasks import Task
 
 REPORT_FILES = ("report.json", "report.html")
 BATCHES = (1, 32)
@@ -24,13 +26,6 @@ SETTLE_S = 0.005  # longer than torch's OpenMP threads spin after their last par
 
 def _predict(runtime: Any, data: Dataset, out: str, batch: int = 256) -> np.ndarray:
     return np.concatenate([runtime.infer(b, [out])[out] for b in data.batches(batch)])
-
-
-def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    z = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-logp[np.arange(len(z)), labels.reshape(-1)].mean())
 
 
 def _open(path: Path, fmt: str, signature: Signature, threads: int, extra: dict[str, Any] | None) -> Any:
@@ -58,21 +53,20 @@ def _loaded_together(versions: Versions, signature: Signature, threads: int) -> 
 
 
 def _quality(runtime: Any, path: Path, fmt: str, signature: Signature, data: Dataset,
-             reference: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
+             reference: np.ndarray | None, task: Task | None = None,
+             metric: Callable[..., Any] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Size, parameters and the task's metrics (shipyard.tasks) of one version; its outputs."""
     out = signature.outputs[0].name
-    logits = _predict(runtime, data, out)
-    preds = logits.argmax(axis=-1)
+    outputs = _predict(runtime, data, out)
     metrics: dict[str, Any] = {}
     metrics["size_bytes"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()
                                 and p.name not in REPORT_FILES and p.name != "manifest.json")
     metrics["parameters"], metrics["nonzero_parameters"] = formats.count(path, fmt)
-    labels = data.labels if data.labels is not None else reference
-    if labels is not None and logits.ndim >= 2 and labels.shape == preds.shape:
-        metrics["accuracy"] = float((preds == labels).mean())
-        metrics["loss"] = _cross_entropy(logits, labels)
-    if reference is not None and reference.shape == preds.shape:
-        metrics["agreement"] = float((preds == reference).mean())
-    return metrics, preds
+    task = task or tasks.get(tasks.infer(signature, data.labels, outputs)[0])
+    metrics.update(task.evaluate(outputs, data.labels, reference))
+    if metric is not None:
+        metrics["metric"] = tasks.call_metric(metric, outputs, data.labels)
+    return metrics, outputs
 
 
 def _samples(call: Any, warmup: int, budget_s: float, least: int = 10, most: int = 200) -> list[float]:
@@ -112,11 +106,13 @@ def _latencies(runtimes: dict[str, Any], signature: Signature, data: Dataset, bu
 
 def measure(path: Path, fmt: str, signature: Signature, data: Dataset, threads: int,
             reference: np.ndarray | None = None, extra: dict[str, Any] | None = None,
-            budget_s: float = 2.0) -> tuple[dict[str, Any], np.ndarray]:
-    """Metrics of the version in `path`, and its predictions (argmax of the first output)."""
+            budget_s: float = 2.0, task: Task | None = None,
+            metric: Callable[..., Any] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics of the version in `path` (the task's, agreement with `reference`'s outputs), and
+    its outputs (the first output's, as the task reads them)."""
     runtime = _open(path, fmt, signature, threads, extra)
     try:
-        metrics, preds = _quality(runtime, path, fmt, signature, data, reference)
+        metrics, preds = _quality(runtime, path, fmt, signature, data, reference, task, metric)
         metrics.update(_latencies({"v": runtime}, signature, data, budget_s, 1)["v"])
         return metrics, preds
     finally:
@@ -125,18 +121,20 @@ def measure(path: Path, fmt: str, signature: Signature, data: Dataset, threads: 
 
 def measure_side_by_side(versions: Versions, signature: Signature, data: Dataset, threads: int,
                          reference_key: str | None = None,
-                         budget_s: float = 2.0, rounds: int = 4) -> dict[str, dict[str, Any]]:
+                         budget_s: float = 2.0, rounds: int = 4, task: Task | None = None,
+                         metric: Callable[..., Any] | None = None) -> dict[str, dict[str, Any]]:
     """Metrics of several versions ({key: (folder, format, manifest extra)}) loaded together, their
     latencies timed in alternating rounds so their ratios hold on a machine whose load drifts.
-    Without labels, accuracy is agreement with the predictions of `reference_key`."""
+    Agreement (and, without labels, accuracy and loss) is taken against `reference_key`'s outputs."""
     with _loaded_together(versions, signature, threads) as runtimes:
         metrics: dict[str, dict[str, Any]] = {}
         reference = None
-        if data.labels is None and reference_key is not None:
-            path, fmt, _ = versions[reference_key]
-            _, reference = _quality(runtimes[reference_key], path, fmt, signature, data, None)
+        if reference_key is not None:
+            out = signature.outputs[0].name
+            reference = _predict(runtimes[reference_key], data, out)
+            task = task or tasks.get(tasks.infer(signature, data.labels, reference)[0])
         for k, (path, fmt, _) in versions.items():
-            metrics[k], _ = _quality(runtimes[k], path, fmt, signature, data, reference)
+            metrics[k], _ = _quality(runtimes[k], path, fmt, signature, data, reference, task, metric)
         for k, lat in _latencies(runtimes, signature, data, budget_s, rounds).items():
             metrics[k].update(lat)
         return metrics
@@ -153,12 +151,14 @@ def latencies_side_by_side(versions: Versions, signature: Signature, data: Datas
 
 
 DELTA_KEYS = ("size_bytes", "parameters", "nonzero_parameters", "latency_b1_p50_ms", "latency_b32_p50_ms",
-              "accuracy", "loss")
+              "accuracy", "loss", "agreement", "mse", "mae", "r2", "auc", "f1_macro", "top5", "perplexity",
+              "cosine", "metric")
 
 
 def deltas(new: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """new - base for each metric both have; 'speedup_*' and 'size_ratio' as ratios."""
-    d: dict[str, Any] = {k: new[k] - base[k] for k in DELTA_KEYS if k in new and k in base}
+    d: dict[str, Any] = {k: new[k] - base[k] for k in DELTA_KEYS
+                         if isinstance(new.get(k), (int, float)) and isinstance(base.get(k), (int, float))}
     for b in BATCHES:
         k = f"latency_b{b}_p50_ms"
         if new.get(k) and base.get(k):

@@ -86,13 +86,23 @@ def parse_step(step: Any, index: int) -> PassConfig:
 def parse_recipe(data: Any) -> Recipe:
     """A recipe from YAML text's parsed form: a list of steps, or a mapping with `passes:`."""
     if isinstance(data, dict):
-        unknown = set(data) - {"passes", "description"}
+        unknown = set(data) - {"passes", "description", "task"}
         if unknown:
-            raise InvalidInput(f"recipe has unknown keys {sorted(unknown)}; use 'passes' (and 'description')")
+            raise InvalidInput(f"recipe has unknown keys {sorted(unknown)}; use 'passes' (and 'description', 'task')")
         data = data.get("passes")
     if not isinstance(data, list) or not data:
         raise InvalidInput("a recipe is a non-empty list of passes (or a mapping with 'passes:')")
     return [parse_step(s, i) for i, s in enumerate(data, start=1)]
+
+
+def recipe_task(recipe: Any) -> str | None:
+    """The `task:` a recipe mapping (or file) names, checked; None when it names none."""
+    from shipyard import tasks
+    from shipyard.config import read_yaml
+
+    if isinstance(recipe, (str, Path)):
+        recipe = read_yaml(recipe, "recipe file")
+    return tasks.check_name(recipe.get("task")) if isinstance(recipe, dict) else None
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -1,6 +1,7 @@
 """Reports: report.json (everything measured, for scripts), report.html (self-contained: tables and
 an inline-SVG Pareto plot of accuracy vs latency over the lineage, marker area = file size; opens
-offline). The command line prints the same columns (`COLUMNS`, `cell`) as a table."""
+offline). The command line prints the same columns (`columns`, `cell`) as a table: size and latency, then
+the task's metrics."""
 
 from __future__ import annotations
 
@@ -86,6 +87,48 @@ COLUMNS = [("size", "size_bytes"), ("params", "parameters"), ("non-zero", "nonze
            ("b32 p50 ms", "latency_b32_p50_ms"), ("b32 p99 ms", "latency_b32_p99_ms"),
            ("accuracy", "accuracy"), ("loss", "loss")]
 
+# The quality columns of each task (shipyard.tasks), in place of accuracy and loss.
+TASK_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "multiclass": [("accuracy", "accuracy"), ("top-5", "top5"), ("agreement", "agreement"), ("CE", "loss")],
+    "binary": [("accuracy", "accuracy"), ("AUC", "auc"), ("agreement", "agreement"), ("BCE", "loss")],
+    "multilabel": [("accuracy", "accuracy"), ("F1 macro", "f1_macro"), ("agreement", "agreement"), ("BCE", "loss")],
+    "regression": [("MSE", "mse"), ("MAE", "mae"), ("R²", "r2"), ("agreement", "agreement"), ("loss", "loss")],
+    "language-modelling": [("accuracy", "accuracy"), ("perplexity", "perplexity"), ("agreement", "agreement"),
+                           ("NLL", "loss")],
+    "embeddings": [("cosine", "cosine"), ("agreement", "agreement"), ("1 - cos", "loss")],
+}
+
+
+def columns(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The report's columns: size, parameters and latency, then its task's metrics (and the user
+    metric, by its name), or accuracy and loss when the task is not known."""
+    task = report.get("facts", {}).get("task", {})
+    quality = TASK_COLUMNS.get(task.get("name", ""), COLUMNS[-2:])
+    rows = [r["metrics"] for r in report.get("rows", [])]
+    quality = [(label, k) for label, k in quality if k in ("accuracy", "loss") or any(k in m for m in rows)]
+    extra = [(str(task["metric"]), "metric")] if task.get("metric") else []
+    return COLUMNS[:-2] + quality + extra
+
+
+def sensitivity(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-layer sensitivity the report holds: the recipe's, else the search fallback's."""
+    facts = report.get("facts", {})
+    return facts.get("sensitivity") or facts.get("search", {}).get("sensitivity")
+
+
+def sensitivity_html(report: dict[str, Any], esc: Any) -> str:
+    sens = sensitivity(report)
+    if not sens or not sens.get("layers"):
+        return ""
+    kinds = [k for k in ("quantize", "prune") if any(k in r for r in sens["layers"])]
+    head = "".join(f"<th>ΔL {k}</th>" for k in kinds)
+    rows = "".join(f"<tr><td>{esc(r['layer'])}</td>" + "".join(f"<td>{r.get(k, float('nan')):+.4g}</td>" for k in kinds)
+                   + "</tr>" for r in sens["layers"])
+    capped = f"; {sens['measured']} of {sens['total']} layers measured" if sens.get("capped") else ""
+    return (f"<h2>Per-layer sensitivity</h2><p>ΔL ({esc(sens.get('task', ''))} loss) with only that layer changed; "
+            f"criterion {esc(str(sens.get('criterion')))}{esc(capped)}.</p>"
+            f"<table><tr><th>layer</th>{head}</tr>{rows}</table>")
+
 
 def write_reports(report: dict[str, Any], folder: Path) -> None:
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -140,10 +183,11 @@ def pareto_svg(points: list[dict[str, Any]], width: int = 640, height: int = 400
 
 def render_html(report: dict[str, Any]) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(label)}</th>" for label, _ in COLUMNS)
+    cols = columns(report)
+    head = "".join(f"<th>{esc(label)}</th>" for label, _ in cols)
     rows = "".join(
         f"<tr><td>v{r['version']} {esc(r['role'])}</td><td>{esc(r['format'])}</td>"
-        + "".join(f"<td>{esc(cell(k, r['metrics'].get(k)))}</td>" for _, k in COLUMNS) + "</tr>"
+        + "".join(f"<td>{esc(cell(k, r['metrics'].get(k)))}</td>" for _, k in cols) + "</tr>"
         for r in report["rows"])
     def delta_rows(d: dict[str, Any]) -> str:
         return "".join(f"<tr><td>{esc(k)}</td><td>{v:.4g}</td></tr>" for k, v in d.items())
@@ -171,6 +215,7 @@ Latency: p50/p99 after warm-up.</p>
 The parent and root show this run's figures; other versions those measured when they were made.</p>
 {pareto_svg(report['lineage'])}
 <h2>Lineage</h2><table><tr><th>version</th><th>parent</th><th>format</th><th>recipe</th><th>accuracy</th><th>b1 p50 ms</th><th>size</th></tr>{lineage}</table>
+{sensitivity_html(report, esc)}
 <h2>Recipe</h2><pre>{recipe}</pre>
 <h2>Notes</h2><ul>{notes}</ul>
 <p><small>shipyard {esc(report['shipyard_version'])}, {esc(report['created'])}</small></p>

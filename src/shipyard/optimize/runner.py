@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from shipyard import tasks
 from shipyard.errors import InvalidInput
 from shipyard.optimize import evaluators, formats
 from shipyard.optimize.artifact import Artifact, run_artifact
@@ -25,7 +26,8 @@ from shipyard.optimize.measure import Versions
 from shipyard.optimize.parity import check_parity
 from shipyard.optimize.passes import Context, PassConfig, accepts, apply
 from shipyard.optimize.progress import QUIET, Progress, running
-from shipyard.optimize.recipe import Recipe, load_recipe, parse_recipe, passes_for, preset, presets_for
+from shipyard.optimize.recipe import Recipe, load_recipe, parse_recipe, passes_for, preset, presets_for, recipe_task
+from shipyard.optimize.sensitivity import sensitivity_facts, with_importance
 from shipyard.repository import Lineage, Manifest, Repository, Signature, parse_ref
 
 # Saving re-runs the same ops (torch.export) or the same graph: only float reordering is allowed.
@@ -99,9 +101,13 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
              calibrate: DataSpec = None, train: DataSpec = None, threads: int | None = None,
              latency_budget_s: float = 2.0, progress: Progress | None = None,
              facts: dict[str, Any] | None = None, max_eval_tokens: int = 20_000,
-             evaluator: Evaluator | None = None) -> Result:
+             evaluator: Evaluator | None = None, task: str | None = None, metric: Any = None,
+             importance: str | None = None) -> Result:
     """Apply a recipe (or preset) to NAME[:VERSION] and publish the result as the next version.
-    `evaluator` measures the versions (default: the one the parent's format names); `progress`
+    `evaluator` measures the versions (default: the task's, else the one the parent's format
+    names); `task` (shipyard.tasks) overrides the recipe's, the manifest's and the inferred one;
+    `metric` is a user metric ('package.module:function' or a callable (outputs, labels));
+    `importance` ('l1' or 'l2') ranks weights for pruning and the sensitivity table; `progress`
     hears what is being done (default: nothing is shown)."""
     progress = progress or QUIET
     threads = threads or len(os.sched_getaffinity(0))
@@ -110,18 +116,22 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
     parent = repo.manifest(name, version)
     root = root_of(repo, parent)
     known = formats.REGISTRY.get(parent.format)
+    task = tasks.check_name(task) or recipe_task(recipe)
     if evaluator is None:
-        options = EvalOptions(eval_data, threads, latency_budget_s, max_eval_tokens)
-        evaluator = evaluators.REGISTRY[known.evaluator if known else "classification"](options)
+        options = EvalOptions(eval_data, threads, latency_budget_s, max_eval_tokens, task, metric)
+        default = known.evaluator if known else "classification"
+        evaluator = evaluators.REGISTRY[task if task and default == "classification" else default](options)
     ev, cal, tr = evaluator.prepare(repo, parent, calibrate, train)
     source = formats.format_of(parent)
-    steps = resolve_recipe(recipe, preset_name, source.kind, tr is not None)
+    steps = with_importance(resolve_recipe(recipe, preset_name, source.kind, tr is not None), importance)
     check_keeps_format(parent, source, steps)
     with tempfile.TemporaryDirectory(prefix="shipyard-optimize-") as tmp, \
             running(progress, f"loading {name}:{parent.version}"):
-        ctx = Context(workdir=Path(tmp), threads=threads, eval_data=ev, calibration=cal, train=tr)
+        ctx = Context(workdir=Path(tmp), threads=threads, eval_data=ev, calibration=cal, train=tr,
+                      task=evaluator.task)
         ctx.facts.update(facts or {})
         artifact = source.load(repo.path(name, parent.version), parent, ctx.workdir)
+        sensitivity_facts(artifact, steps, ctx, importance, progress)
         artifact = apply_recipe(artifact, steps, ctx, lambda i, c: progress.update(f"step {i}/{len(steps)}: {c.name}"))
         ctx.facts.update(evaluator.facts())
         target = formats.target(artifact)
@@ -144,6 +154,7 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
             stage.metrics = {**measured["new"], "eval_data": evaluator.name, "threads": threads,
                              **evaluator.summarize(measured, ctx)}
             stage.extra = {**extra, "notes": ctx.notes}
+            stage.task = evaluator.task
 
             def write_report(number: int) -> None:
                 from shipyard.optimize.report import build_report, write_reports

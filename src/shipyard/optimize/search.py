@@ -2,8 +2,9 @@
 
 Every candidate is built from the parent, saved to a scratch folder and measured like a published
 version. A quantization candidate that misses the budget gets a layer-by-layer fallback, as Intel
-Neural Compressor and NNCF do: each quantized layer's harm is measured by keeping only it in fp32,
-then the most harmful layers go back to fp32 one at a time until the budget holds. The winner is
+Neural Compressor and NNCF do: each layer's sensitivity (ΔL, the task's loss, with only that layer
+quantized) is measured, then the most sensitive layers go back to fp32 one at a time until the
+budget holds. The winner is
 published through the normal runner, so it gets the same report and lineage as any recipe.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from shipyard import tasks
 from shipyard.errors import InvalidInput
 from shipyard.optimize import formats
 from shipyard.optimize.artifact import Artifact
@@ -30,6 +32,7 @@ from shipyard.optimize.runner import Result, apply_recipe, optimize
 from shipyard.repository import Repository, parse_ref
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+MAX_LAYERS = 16  # layers whose sensitivity the fallback measures (one candidate each)
 
 
 @dataclass
@@ -99,10 +102,11 @@ FINALISTS = 4  # fastest fitting candidates timed again side by side before one 
 
 class _Evaluator:
     def __init__(self, repo: Repository, parent: Any, data: tuple[Any, Any, Any], threads: int,
-                 budget_s: float, workdir: Path) -> None:
+                 budget_s: float, workdir: Path, task: str | None = None, metric: Any = None) -> None:
         self.repo, self.parent, self.data, self.threads, self.budget_s = repo, parent, data, threads, budget_s
         self.workdir = workdir
         self.count = 0
+        self.sensitivity: dict[str, Any] | None = None  # the fallback's per-layer ΔL, when it ran
         # ONNX artifacts already built, by the recipe prefix that made them. ONNX passes write new
         # files, so later steps can start from one; torch modules are edited in place by some
         # passes, so they are rebuilt. This runs a distillation or a fine-tune once, not once for
@@ -110,11 +114,16 @@ class _Evaluator:
         self.built: dict[str, Artifact] = {}
         ev = data[0]
         base = repo.path(parent.name, parent.version)
+        # The task (shipyard.tasks) and the score the budget is in: the user metric, else the task's.
+        self.metric = tasks.load_metric(metric) if metric is not None else None
+        given = tasks.check_name(task) or parent.task
         self.parent_metrics, preds = measure(base, parent.format, parent.signature, ev, threads, None,
-                                             parent.extra, budget_s)
-        self.reference = preds if ev.labels is None else None
-        if self.reference is not None:
-            self.parent_metrics["accuracy"] = 1.0
+                                             parent.extra, budget_s, tasks.get(given) if given else None,
+                                             self.metric[1] if self.metric else None)
+        self.task = given or tasks.infer(parent.signature, ev.labels, preds)[0]
+        self.parent_metrics.update(tasks.get(self.task).evaluate(preds, ev.labels, preds))
+        self.score = "metric" if self.metric else tasks.get(self.task).score
+        self.reference = preds  # agreement (and, without labels, accuracy and ΔL) is against the parent
 
     def retime(self, finalists: list[Candidate]) -> None:
         """Time the finalists again, loaded together, in alternating rounds. Timed one after the
@@ -133,7 +142,7 @@ class _Evaluator:
     def build(self, steps: list[dict[str, Any]], folder: Path) -> Artifact:
         """The artifact `steps` make from the parent, from the longest prefix built before."""
         ev, cal, tr = self.data
-        ctx = Context(workdir=folder, threads=self.threads, eval_data=ev, calibration=cal, train=tr)
+        ctx = Context(workdir=folder, threads=self.threads, eval_data=ev, calibration=cal, train=tr, task=self.task)
         start = next((i for i in range(len(steps), 0, -1) if _key(steps[:i]) in self.built), 0)
         artifact = self.built[_key(steps[:start])] if start else formats.load(self.repo, self.parent, folder)
         recipe = parse_recipe(steps) if steps else []
@@ -151,16 +160,17 @@ class _Evaluator:
         folder = self.workdir / f"c{self.count}"
         (folder / "out").mkdir(parents=True)
         ev = self.data[0]
-        ctx = Context(workdir=folder, threads=self.threads, eval_data=ev)
+        ctx = Context(workdir=folder, threads=self.threads, eval_data=ev, task=self.task)
         try:
             artifact = self.build(cand.steps, folder)
             fmt, extra = formats.save(artifact, folder / "out", ctx)
             del artifact
             gc.collect()  # sessions left by the passes (ORT's calibrator) must not hold threads now
             cand.metrics, _ = measure(folder / "out", fmt, self.parent.signature, ev, self.threads,
-                                      self.reference, extra, self.budget_s)
+                                      self.reference, extra, self.budget_s, tasks.get(self.task),
+                                      self.metric[1] if self.metric else None)
             cand.saved = (folder / "out", fmt, extra)
-            cand.drop = 100 * (self.parent_metrics.get("accuracy", 0) - cand.metrics.get("accuracy", 0))
+            cand.drop = 100 * (self.parent_metrics.get(self.score, 0) - cand.metrics.get(self.score, 0))
         except InvalidInput as e:
             cand.error = e.message
         return cand
@@ -174,7 +184,7 @@ def _weighted_nodes(path: Path) -> list[str]:
 
 def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress,
              tried: list[Candidate]) -> Candidate | None:
-    """Keep the layers that hurt accuracy most in fp32 until the candidate fits the budget."""
+    """Keep the most sensitive layers in fp32, one more at a time, until the candidate fits."""
     quant_at = next(i for i, s in enumerate(cand.steps) if s["pass"] == "quantize")
     ev.count += 1
     folder = ev.workdir / f"c{ev.count}"
@@ -183,17 +193,9 @@ def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress,
     if art.onnx_path is None:
         return None
     layers = _weighted_nodes(art.onnx_path)
-    harm: list[tuple[float, str]] = []
-    for layer in layers:
-        progress.update(f"fallback: sensitivity of {layer}")
-        steps = [dict(s) for s in cand.steps]
-        steps[quant_at] = {**steps[quant_at], "exclude": [layer]}
-        c = ev.run(Candidate(f"{cand.label} -{layer}", steps))
-        tried.append(c)
-        if c.drop is not None:
-            harm.append((cand.drop - c.drop, layer))  # accuracy regained by keeping it fp32
+    order = layer_sensitivity(ev, cand, quant_at, layers, progress, tried)
     excluded: list[str] = []
-    for _, layer in sorted(harm, reverse=True):
+    for layer in order:
         excluded.append(layer)
         steps = [dict(s) for s in cand.steps]
         steps[quant_at] = {**steps[quant_at], "exclude": list(excluded)}
@@ -205,6 +207,29 @@ def fallback(ev: _Evaluator, cand: Candidate, budget: float, progress: Progress,
     return None
 
 
+def layer_sensitivity(ev: _Evaluator, cand: Candidate, quant_at: int, layers: list[str], progress: Progress,
+                      tried: list[Candidate]) -> list[str]:
+    """Each layer's ΔL (the task's loss) when only it is quantized, by the candidate's own
+    quantizer and calibration, most sensitive first (ties: the larger accuracy drop). At most
+    `MAX_LAYERS` layers are measured, in graph order; the rest follow, unmeasured. Recorded in
+    `ev.sensitivity` for the report."""
+    rows: list[dict[str, Any]] = []
+    for layer in layers[:MAX_LAYERS]:
+        progress.update(f"fallback: sensitivity of {layer}")
+        steps = [dict(s) for s in cand.steps]
+        steps[quant_at] = {**steps[quant_at], "exclude": [other for other in layers if other != layer]}
+        c = ev.run(Candidate(f"{cand.label} only {layer}", steps))
+        tried.append(c)
+        if c.drop is not None and "loss" in c.metrics:
+            rows.append({"layer": layer, "quantize": round(c.metrics["loss"] - ev.parent_metrics["loss"], 6),
+                         "drop_pt": round(c.drop, 4)})
+    rows.sort(key=lambda r: (r["quantize"], r["drop_pt"]), reverse=True)
+    ev.sensitivity = {"criterion": "ΔL with only that layer quantized", "task": ev.task, "layers": rows,
+                      "measured": len(rows), "total": len(layers), "capped": len(layers) > MAX_LAYERS}
+    measured = [r["layer"] for r in rows]
+    return measured + [layer for layer in layers if layer not in measured]
+
+
 @dataclass
 class Searched:
     """Every candidate measured, before the winner is published (`best` None: none fit)."""
@@ -213,6 +238,7 @@ class Searched:
     parent: dict[str, Any]  # the parent's metrics, measured like the candidates
     best: Candidate | None
     budget: float
+    score: str = "accuracy"  # the metric the budget is in: the task's score, or 'metric' (the user's)
 
 
 def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
@@ -220,11 +246,14 @@ def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
            calibrate: DataSpec = None, train: DataSpec = None, threads: int | None = None,
            latency_budget_s: float = 1.0, progress: Progress | None = None,
            candidate_list: list[Candidate] | None = None,
-           on_searched: Callable[[Searched], None] | None = None) -> tuple[Result, list[Candidate]]:
+           on_searched: Callable[[Searched], None] | None = None, task: str | None = None,
+           metric: Any = None) -> tuple[Result, list[Candidate]]:
     """Measure every candidate, fall back layer by layer where quantization misses the budget,
     publish the best that fits; returns the published result and every candidate measured.
     `on_searched` hears the candidates once all are measured (also when none fits, before the
-    error); `progress` hears what is being done (default: nothing is shown)."""
+    error); `progress` hears what is being done (default: nothing is shown). `task` and `metric`
+    as for `optimize`: with a user metric, the budget is in its points (hundredths), else in the
+    task's score (accuracy; agreement with the parent for regression and embeddings)."""
     if not 0 <= max_accuracy_drop <= 100:
         raise InvalidInput(f"--max-accuracy-drop {max_accuracy_drop} is in accuracy points: 0 to 100")
     if objective not in ("latency", "size"):
@@ -240,7 +269,7 @@ def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
     tried: list[Candidate] = []
     with tempfile.TemporaryDirectory(prefix="shipyard-search-") as tmp, \
             running(progress, f"measuring {name}:{parent.version}", total=len(cands)):
-        ev = _Evaluator(repo, parent, data, threads, latency_budget_s, Path(tmp))
+        ev = _Evaluator(repo, parent, data, threads, latency_budget_s, Path(tmp), task, metric)
         for cand in cands:
             progress.update(cand.label)
             tried.append(ev.run(cand))
@@ -255,14 +284,17 @@ def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
             ev.retime(sorted(fitting, key=lambda c: c.metrics[key])[:FINALISTS])
     best = min(fitting, key=lambda c: c.metrics[key]) if fitting else None
     if on_searched is not None:
-        on_searched(Searched(tried, ev.parent_metrics, best, max_accuracy_drop))
+        on_searched(Searched(tried, ev.parent_metrics, best, max_accuracy_drop, ev.score))
     if best is None:
-        raise InvalidInput(f"no candidate kept accuracy within {max_accuracy_drop} points of "
+        raise InvalidInput(f"no candidate kept {ev.score} within {max_accuracy_drop} points of "
                            f"{name}:{parent.version}; raise --max-accuracy-drop or give --train data for fine-tuning")
     record = [{"candidate": c.label, "steps": c.steps, "error": c.error, "accuracy_drop_pt": c.drop, "retimed": c.retimed,
-               **{k: c.metrics.get(k) for k in ("accuracy", "latency_b1_p50_ms", "size_bytes")}} for c in tried]
+               **{k: c.metrics.get(k) for k in ("accuracy", "agreement", "loss", "metric", "latency_b1_p50_ms",
+                                                "size_bytes")}} for c in tried]
     result = optimize(repository, ref, recipe=best.steps, eval_data=data[0], calibrate=data[1], train=data[2],
                       threads=threads, latency_budget_s=max(latency_budget_s, 1.0), progress=progress,
+                      task=ev.task, metric=metric,
                       facts={"search": {"objective": objective, "max_accuracy_drop": max_accuracy_drop,
-                                        "chosen": best.label, "candidates": record}})
+                                        "score": ev.score, "chosen": best.label, "candidates": record,
+                                        **({"sensitivity": ev.sensitivity} if ev.sensitivity else {})}})
     return result, tried

@@ -98,6 +98,7 @@ class Manifest(BaseModel):
     lineage: Lineage = Field(default_factory=Lineage)
     metrics: dict[str, Any] = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict, description="Format-specific facts.")
+    task: str | None = Field(None, description="What the outputs mean (shipyard.tasks); None: inferred when measured.")
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
     shipyard_version: str = __version__
 

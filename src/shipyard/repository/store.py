@@ -107,6 +107,7 @@ class Staging:
         self.lineage = lineage or Lineage()
         self.metrics: dict[str, Any] = dict(metrics or {})
         self.extra: dict[str, Any] = {}
+        self.task: str | None = None  # what the outputs mean (shipyard.tasks), when known
         folder = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         model_dir = repo.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,7 @@ class Staging:
             manifest = Manifest(
                 name=self.name, version=version, format=self.format, files=files,
                 signature=self.signature, lineage=self.lineage, metrics=self.metrics,
-                extra=self.extra,
+                extra=self.extra, task=self.task,
             )
             _write_json_atomic(self.path / MANIFEST, manifest.model_dump_json(indent=2))
             _fsync_dir(self.path)

@@ -94,10 +94,15 @@ def _export_pickled_module(source: Path, inputs: list[TensorSpec] | None, dest: 
 def import_model(repo: Repository, source: str | Path, name: str, *,
                  inputs: list[TensorSpec] | None = None, outputs: list[TensorSpec] | None = None,
                  trust_pickle: bool = False, metrics: dict[str, Any] | None = None,
-                 steps: list[dict[str, Any]] | None = None) -> Manifest:
+                 steps: list[dict[str, Any]] | None = None, task: str | None = None) -> Manifest:
     """Publish `source` as the next version of `name`. `steps` are recorded as the lineage's
-    recipe (what an importer did to the file before it came here: unwrapping, converting)."""
+    recipe (what an importer did to the file before it came here: unwrapping, converting).
+    `task` (shipyard.tasks) is stored in the manifest; without it, a task the signature or the
+    output activation makes plain is stored, else it is inferred when the version is measured."""
+    from shipyard import tasks
+
     check_model_name(name)
+    tasks.check_name(task)
     source = Path(source)
     if not source.exists():
         raise NotFound(f"{source} does not exist")
@@ -115,5 +120,38 @@ def import_model(repo: Repository, source: str | Path, name: str, *,
         signature = merge_signature(cls.inspect(source, options), inputs, outputs, origin)
         with repo.publish(name, cls.format, signature, Lineage(source=str(origin.resolve()), recipe=steps or []), metrics) as staging:
             staging.extra.update(cls.stage(source, staging.path, options))
+            staging.task = task or tasks.from_signature(signature) or task_of_activation(source, signature)
         assert staging.manifest is not None
         return staging.manifest
+
+
+def task_of_activation(source: Path, signature: Signature) -> str | None:
+    """The task the output activation makes plain (ONNX graphs and torch.export programs): a
+    sigmoid (binary for one unit, multilabel for several) or a softmax (multiclass); None for
+    anything else, which is then inferred when the version is measured."""
+    if not signature.outputs:
+        return None
+    units = signature.outputs[0].shape[-1] if signature.outputs[0].shape else -1
+    op = _last_op_onnx(source, signature) if source.suffix == ".onnx" else \
+        _last_op_program(source) if source.suffix == ".pt2" else None
+    if op == "sigmoid":
+        return "binary" if units == 1 else "multilabel" if units > 1 else None
+    return "multiclass" if op == "softmax" and units != 1 else None
+
+
+def _last_op_onnx(source: Path, signature: Signature) -> str | None:
+    import onnx
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    last = next((n for n in graph.node if signature.outputs[0].name in n.output), None)
+    return None if last is None else {"Sigmoid": "sigmoid", "Softmax": "softmax"}.get(last.op_type)
+
+
+def _last_op_program(source: Path) -> str | None:
+    import torch
+
+    graph = torch.export.load(str(source)).graph
+    out = next((n for n in graph.nodes if n.op == "output"), None)
+    first = out.args[0][0] if out is not None and out.args and out.args[0] else None
+    name = str(getattr(first, "target", ""))
+    return "sigmoid" if "sigmoid" in name else "softmax" if "softmax" in name else None

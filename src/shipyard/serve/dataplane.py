@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from shipyard import __version__
+from shipyard import __version__, tasks
 from shipyard.config import ShadowConfig
 from shipyard.errors import InvalidInput, NotFound, ShipyardError, Unavailable, shown
 from shipyard.repository import Signature, TensorSpec
@@ -408,7 +408,11 @@ class DataPlane:
             slv = self.manager.get(request.model, shadow.version)
             assert slv.manifest is not None and slv.batcher is not None
             out = await slv.batcher.submit(check_inputs(request, slv.manifest.signature), wanted)
-            agree = all(_agree(out[n], results[n], shadow.rtol, shadow.atol) for n in wanted)
+            plv = self.manager.entry(request.model).versions.get(primary)
+            task = _task_of(getattr(plv, "manifest", None), slv.manifest, results)
+            first = slv.manifest.signature.outputs[0].name if slv.manifest.signature.outputs else None
+            agree = all(_agree(out[n], results[n], shadow.rtol, shadow.atol, task if n == first else None)
+                        for n in wanted)
             outcome = "agree" if agree else "disagree"
         except Exception as e:  # noqa: BLE001 - a failing shadow is counted, never raised
             log.debug("shadow %s:%s failed: %s", request.model, shadow.version, e)
@@ -416,11 +420,29 @@ class DataPlane:
         self.metrics.shadow.labels(request.model, str(primary), str(shadow.version), outcome).inc()
 
 
-def _agree(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> bool:
+def _task_of(primary: Any, shadow: Any, results: dict[str, np.ndarray]) -> tasks.Task | None:
+    """The task the comparison is made in: the primary's manifest's, else the shadow's, else
+    inferred from the primary's first output (several units: classes; one: a threshold)."""
+    name = getattr(primary, "task", None) or getattr(shadow, "task", None)
+    if name is None and primary is not None and primary.signature.outputs:
+        out = results.get(primary.signature.outputs[0].name)
+        if out is None or out.dtype.kind != "f" or out.ndim < 1:
+            return None
+        name = tasks.infer(primary.signature, None, out)[0]
+    return tasks.get(name) if name else None
+
+
+def _agree(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, task: tasks.Task | None = None) -> bool:
+    """Do the shadow's answers say what the primary's say? With a task (shipyard.tasks): the same
+    top-1 class, the same side of the threshold, relative error or cosine within its tolerance,
+    for every sample; an int8 shadow of an fp32 primary agrees when its classes agree. Without
+    one (strings, other outputs): equal within rtol/atol."""
     if a.shape != b.shape:
         return False
     if a.dtype == object or b.dtype == object:
         return bool(np.array_equal(a, b))
+    if task is not None and a.ndim >= 1 and len(a) and a.dtype.kind == "f":
+        return bool(task.agree(a, b).all())
     return bool(np.allclose(a, b, rtol=rtol, atol=atol))
 
 

@@ -37,6 +37,8 @@ class EvalOptions:
     threads: int
     latency_budget_s: float = 2.0
     max_eval_tokens: int = 20_000
+    task: str | None = None  # shipyard.tasks name; None: the manifest's, else inferred
+    metric: Any = None  # a user metric: 'package.module:function' or a callable (outputs, labels) -> float
 
 
 class Evaluator(ABC):
@@ -44,6 +46,7 @@ class Evaluator(ABC):
     manifest name it; `prepare` sets it."""
 
     name: str = ""
+    task: str | None = None  # the task measured (shipyard.tasks), stored in the new manifest
 
     def __init__(self, options: EvalOptions) -> None:
         self.options = options

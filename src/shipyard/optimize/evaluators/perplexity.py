@@ -78,6 +78,8 @@ def folder_size(path: Path) -> int:
 
 
 class Perplexity(Evaluator):
+    task = "language-modelling"
+
     def prepare(self, repo: Repository, parent: Manifest, calibrate: DataSpec, train: DataSpec) -> PassData:
         import torch
         from transformers import AutoConfig, AutoTokenizer

@@ -60,6 +60,7 @@ class Context:
     facts: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     counter: int = 0
+    task: str | None = None  # what the outputs mean (shipyard.tasks): the loss distill and fine-tuning use
 
     def path(self, stem: str, suffix: str) -> Path:
         self.counter += 1

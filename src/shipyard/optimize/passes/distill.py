@@ -33,6 +33,7 @@ from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact, quiet_session_options, torch_forward
 from shipyard.optimize.passes import graph
 from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
+from shipyard.optimize.passes.task_distill import CLASS_TASKS, fit_task_student
 from shipyard.optimize.passes.transformer_prune import prune_transformer
 
 
@@ -268,7 +269,9 @@ def distill(artifact: Artifact, config: Distill, ctx: Context) -> Artifact:
     if probe_t.shape != probe_s.shape:
         raise InvalidInput(f"pass 'distill': the student's logits have shape {list(probe_s.shape)} but the "
                            f"teacher's have {list(probe_t.shape)}; the student must predict the same classes")
-    if data.labels is not None:
+    if ctx.task not in CLASS_TASKS:
+        labels = None
+    elif data.labels is not None:
         labels = torch.from_numpy(np.asarray(data.labels[:n])).long()
     else:  # no labels: the teacher's predictions are the hard targets too
         with torch.inference_mode():
@@ -283,7 +286,10 @@ def distill(artifact: Artifact, config: Distill, ctx: Context) -> Artifact:
     # fit sets process-wide torch settings; put them back so later passes and the measuring see ours.
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
-        result = fit(train_cfg, model=student, data=TensorDataset(*inputs, labels), teacher=teacher)
+        if ctx.task in CLASS_TASKS:
+            result = fit(train_cfg, model=student, data=TensorDataset(*inputs, labels), teacher=teacher)
+        else:  # binary, multi-label, regression, embeddings: the task's loss (passes/task_distill.py)
+            result = fit_task_student(student, teacher, inputs, data, n, config, ctx, train_cfg)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)

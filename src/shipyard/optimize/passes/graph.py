@@ -99,12 +99,12 @@ def prunable_groups(gm: fx.GraphModule) -> tuple[list[Group], list[str]]:
     return groups, [g.name for g in fixed]
 
 
-def channel_scores(gm: fx.GraphModule, g: Group) -> torch.Tensor:
-    """L1 norm of each output channel's weights (the usual magnitude criterion)."""
+def channel_scores(gm: fx.GraphModule, g: Group, importance: str = "l1") -> torch.Tensor:
+    """L1 (the usual magnitude criterion) or L2 norm of each output channel's weights."""
     entry = _param(gm, g.layer.args[1])
     assert entry is not None
-    w = entry[2].detach()
-    return w.abs().reshape(w.shape[0], -1).sum(dim=1)
+    w = entry[2].detach().reshape(entry[2].shape[0], -1)
+    return w.abs().sum(dim=1) if importance == "l1" else w.pow(2).sum(dim=1).sqrt()
 
 
 def remove_channels(gm: fx.GraphModule, g: Group, keep: torch.Tensor) -> None:

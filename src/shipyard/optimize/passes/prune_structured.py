@@ -4,7 +4,7 @@ size drop. Optional fine-tuning on training data recovers accuracy."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -28,6 +28,7 @@ class PruneStructured(PassConfig):
     fine_tune_epochs: int = Field(0, ge=0, le=1000, description="Epochs of fine-tuning on --train data after pruning (0: none).")
     lr: float = Field(1e-3, gt=0, le=1.0, description="Fine-tuning peak learning rate (AdamW, cosine decay to 0).")
     batch_size: int = Field(64, ge=1, le=65536, description="Fine-tuning batch size.")
+    importance: Literal["l1", "l2"] = Field("l1", description="Which channels go: those whose weights have the smallest L1 or L2 norm.")
 
 
 def _prune_graph(gm: Any, config: PruneStructured, ctx: Context) -> dict[str, Any]:
@@ -39,21 +40,22 @@ def _prune_graph(gm: Any, config: PruneStructured, ctx: Context) -> dict[str, An
             "or flatten into another conv/linear can be pruned. Try prune-unstructured or low-rank")
     removed: dict[str, list[int]] = {}
     for g in groups:
-        scores = graph.channel_scores(gm, g)
+        scores = graph.channel_scores(gm, g, config.importance)
         n = len(scores)
         keep_n = max(1, round(n * (1 - config.amount)))
         keep = torch.sort(torch.topk(scores, keep_n).indices).values
         graph.remove_channels(gm, g, keep)
         removed[g.name] = [n, keep_n]
     gm.recompile()
-    ctx.note("structured pruning removed output channels (L1 magnitude): " +
+    ctx.note(f"structured pruning removed output channels ({config.importance.upper()} magnitude): " +
              ", ".join(f"{k} {a}->{b}" for k, (a, b) in removed.items()) +
              (f"; left whole (output feeds the model output or an op that needs all channels): {fixed}" if fixed else ""))
     return {"channels": removed, "kept_whole": fixed}
 
 
 def fine_tune(artifact: Artifact, config: PruneStructured, ctx: Context) -> dict[str, float]:
-    """A few epochs of cross-entropy on the training split: enough to recover from pruning."""
+    """A few epochs of the task's loss (cross-entropy for classifiers) on the training split:
+    enough to recover from pruning."""
     data = ctx.train
     if data is None or data.labels is None:
         raise InvalidInput("pass 'prune-structured' asks for fine-tuning but no labelled --train data "
@@ -70,7 +72,8 @@ def fine_tune(artifact: Artifact, config: PruneStructured, ctx: Context) -> dict
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
     gen = torch.Generator().manual_seed(ctx.seed)
     inputs = {k: torch.from_numpy(v) for k, v in data.inputs.items()}
-    labels = torch.from_numpy(data.labels).long()
+    labels = torch.from_numpy(data.labels)
+    labels = labels.long() if ctx.task in (None, "multiclass", "language-modelling") else labels.float()
     names = [t.name for t in artifact.signature.inputs]
     set_mode(module, True)
     last = float("nan")
@@ -80,7 +83,7 @@ def fine_tune(artifact: Artifact, config: PruneStructured, ctx: Context) -> dict
         for i in range(0, len(order), config.batch_size):
             idx = order[i : i + config.batch_size]
             logits = call(*[inputs[n][idx] for n in names])[0]
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[idx].reshape(-1))
+            loss = task_loss(ctx.task, logits, labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -93,6 +96,15 @@ def fine_tune(artifact: Artifact, config: PruneStructured, ctx: Context) -> dict
         p.requires_grad_(False)
     ctx.note(f"fine-tuned {config.fine_tune_epochs} epochs on {data.name} (final train loss {last:.4f})")
     return {"fine_tune_epochs": config.fine_tune_epochs, "final_train_loss": last}
+
+
+def task_loss(task: str | None, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for classifiers (and when the task is unknown), else the task's own loss."""
+    if task in (None, "multiclass"):
+        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1))
+    from shipyard.tasks import torch_loss
+
+    return torch_loss(task, out, labels, soft=False)
 
 
 @register(PruneStructured)

@@ -19,11 +19,14 @@ from shipyard.runtimes.importer import merge_signature
 def import_model(repo: Repository, source: str | Path, name: str, *,
                  inputs: list[TensorSpec] | None = None, outputs: list[TensorSpec] | None = None,
                  trust_pickle: bool = False, metrics: dict[str, Any] | None = None,
-                 steps: list[dict[str, Any]] | None = None) -> Manifest:
-    """Publish `source` (any format `shipyard models import` takes) as the next version of `name`."""
+                 steps: list[dict[str, Any]] | None = None, task: str | None = None) -> Manifest:
+    """Publish `source` (any format `shipyard models import` takes) as the next version of `name`;
+    `task` as `runtimes.importer.import_model` takes it."""
+    from shipyard import tasks
     from shipyard.optimize.sources import mlflow, tensorflow
 
     check_model_name(name)
+    tasks.check_name(task)
     source = Path(source)
     if not source.exists():
         raise NotFound(f"{source} does not exist")
@@ -35,7 +38,7 @@ def import_model(repo: Repository, source: str | Path, name: str, *,
             if inputs is None and specs is not None and _records_no_signature(inner):
                 inputs = specs
             return import_model(repo, inner, name, inputs=inputs, outputs=outputs, trust_pickle=trust_pickle,
-                                metrics=metrics, steps=[*steps, step])
+                                metrics=metrics, steps=[*steps, step], task=task)
     if tensorflow.tf_kind(source) is not None:
         with tempfile.TemporaryDirectory(prefix="shipyard-import-") as tmp:
             staged = Path(tmp) / "converted"
@@ -47,10 +50,13 @@ def import_model(repo: Repository, source: str | Path, name: str, *,
                 for p in staged.iterdir():
                     shutil.move(str(p), str(staging.path / p.name))
                 staging.extra.update(extra)
+                converted = next(staging.path.glob("*.onnx"), None)
+                staging.task = task or tasks.from_signature(signature) or (
+                    importer.task_of_activation(converted, signature) if converted is not None else None)
             assert staging.manifest is not None
             return staging.manifest
     return importer.import_model(repo, source, name, inputs=inputs, outputs=outputs, trust_pickle=trust_pickle,
-                                 metrics=metrics, steps=steps)
+                                 metrics=metrics, steps=steps, task=task)
 
 
 def _records_no_signature(source: Path) -> bool:
