@@ -80,6 +80,9 @@ def test_import_reads_the_signature_converts_and_keeps_the_original(
     assert step["converter"].startswith("tf2onnx ") and step["parity"]["max_abs_diff"] <= step["parity"]["tolerance"]
     assert (tf_repo.path(name, 1) / original).exists()
     assert any(f.path.startswith("original/") for f in m.files)  # checksummed like the model itself
+    # ... but not counted in its size: the version's size is the ONNX file it serves
+    assert m.size_bytes == (tf_repo.path(name, 1) / "model.onnx").stat().st_size
+    assert m.task == "binary"  # the converted graph ends in a sigmoid over one unit
     np.testing.assert_allclose(_run(tf_repo, name, 1, keras_files.x), keras_files.expected, atol=FP32_ATOL)
 
 

@@ -52,6 +52,9 @@ def _loaded_together(versions: Versions, signature: Signature, threads: int) -> 
             rt.unload()
 
 
+ORIGINAL = "original"  # where an import keeps the file it converted (lineage, not size)
+
+
 def _quality(runtime: Any, path: Path, fmt: str, signature: Signature, data: Dataset,
              reference: np.ndarray | None, task: Task | None = None,
              metric: Callable[..., Any] | None = None) -> tuple[dict[str, Any], np.ndarray]:
@@ -60,7 +63,8 @@ def _quality(runtime: Any, path: Path, fmt: str, signature: Signature, data: Dat
     outputs = _predict(runtime, data, out)
     metrics: dict[str, Any] = {}
     metrics["size_bytes"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()
-                                and p.name not in REPORT_FILES and p.name != "manifest.json")
+                                and p.name not in REPORT_FILES and p.name != "manifest.json"
+                                and ORIGINAL not in p.relative_to(path).parts)
     metrics["parameters"], metrics["nonzero_parameters"] = formats.count(path, fmt)
     task = task or tasks.get(tasks.infer(signature, data.labels, outputs)[0])
     metrics.update(task.evaluate(outputs, data.labels, reference))

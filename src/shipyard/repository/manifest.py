@@ -104,4 +104,8 @@ class Manifest(BaseModel):
 
     @property
     def size_bytes(self) -> int:
-        return sum(f.size for f in self.files)
+        """The bytes that serve: a kept original (`extra["original"]`, e.g. the Keras file an ONNX
+        version was converted from) is lineage, not model size."""
+        kept = self.extra.get("original")
+        top = str(kept).split("/", 1)[0] + "/" if kept else None
+        return sum(f.size for f in self.files if top is None or not f.path.startswith(top))
