@@ -58,7 +58,9 @@ def test_every_built_in_pass_declares_known_formats() -> None:
     # What presets and the search read from the declarations.
     assert passes_for("hf-causal-lm") == ["weight-only"]
     assert presets_for("hf-causal-lm") == ["int8-weight-only", "int4-weight-only"]
-    assert presets_for("onnx") == ["int8-dynamic", "int8-static", "fp16"]
+    assert presets_for("onnx") == ["int8-dynamic", "int8-static", "fp16", "lowrank-90"]
+    assert all(runs_on(p, "onnx") for p in ("clip", "low-rank", "prune-structured", "distill"))  # issue 14
+    assert formats.REGISTRY["torchscript"].kind == "onnx"  # converted at load, then every ONNX pass
     assert runs_on("quantize", "onnx") and not runs_on("quantize", "torch")
     assert runs_on("prune-unstructured", "onnx") and runs_on("prune-unstructured", "torch")
     assert passes_for("tflite") == ["tflite-to-onnx"] and presets_for("tflite") == []

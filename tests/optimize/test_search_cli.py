@@ -130,9 +130,11 @@ def test_candidates_include_every_preset_and_smaller_models_plus_int8() -> None:
     assert [s["pass"] for s in combo.steps] == ["distill", "export", "quantize"]
     # Nothing to train on: no distillation. An ONNX source: only what works on ONNX.
     assert not any(s["pass"] == "distill" for c in candidates("torch", False, "latency") for s in c.steps)
-    onnx = candidates("onnx", True, "size")
-    assert {s["pass"] for c in onnx for s in c.steps} == {"quantize"}
-    assert {"int8-static", "int8-dynamic", "fp16"} <= {c.label for c in onnx}
+    onnx = candidates("onnx", True, "size")  # an ONNX source: every pass but PyTorch's weight-only (issue 14)
+    assert all(c.steps[0]["pass"] != "export" for c in onnx)
+    assert {s["pass"] for c in onnx for s in c.steps} == {"quantize", "low-rank", "prune-structured", "distill", "export"}
+    assert {"int8-static", "int8-dynamic", "fp16", "lowrank-90", "prune-structured-50 + int8-static",
+            "distill-half + int8-dynamic"} <= {c.label for c in onnx}
 
 
 def test_candidates_sharing_a_prefix_train_it_once(digits_copy: Repository, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,13 +22,14 @@ from shipyard.optimize.artifact import Artifact, run_artifact
 from shipyard.optimize.data import DataSpec
 from shipyard.optimize.evaluators import EvalOptions, Evaluator
 from shipyard.optimize.formats import Format
-from shipyard.optimize.measure import Versions
+from shipyard.optimize.measure import REPORT_FILES, Versions
 from shipyard.optimize.parity import check_parity
 from shipyard.optimize.passes import Context, PassConfig, accepts, apply
 from shipyard.optimize.progress import QUIET, Progress, running
 from shipyard.optimize.recipe import Recipe, load_recipe, parse_recipe, passes_for, preset, presets_for, recipe_task
 from shipyard.optimize.sensitivity import sensitivity_facts, with_importance
 from shipyard.repository import Lineage, Manifest, Repository, Signature, parse_ref
+from shipyard.units import human_size
 
 # Saving re-runs the same ops (torch.export) or the same graph: only float reordering is allowed.
 SAVE_ATOL, SAVE_RTOL = 1e-4, 1e-5
@@ -69,6 +70,28 @@ def check_keeps_format(parent: Manifest, source: Format, steps: Recipe) -> None:
         which = ", ".join(f"'{n}'" for n in names) + (" pass" if len(names) == 1 else " passes")
         raise InvalidInput(f"{parent.name}:{parent.version} is an {source.name}; its recipe may only use the "
                            f"{which} (presets {', '.join(presets_for(source.name))}), not {others}")
+
+
+def model_bytes(folder: Path) -> int:
+    """The bytes of a version's model files (its manifest and reports are not the model)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()
+               and p.name not in REPORT_FILES and p.name != "manifest.json")
+
+
+def check_not_larger(parent: Manifest, parent_folder: Path, new_folder: Path, steps: Recipe) -> None:
+    """A version never grows: a recipe whose result is larger than its parent is refused, unless
+    it only converts (every pass `lossless`, e.g. an export to another format), which is asking
+    for the other format whatever its size. (`lowrank-90` once made a 292 KB model 310 KB: the
+    factors saved a few weights, the two layers' graph entries cost more.)"""
+    if all(c.lossless for c in steps):
+        return
+    before, after = model_bytes(parent_folder), model_bytes(new_folder)
+    if after > before:
+        raise InvalidInput(
+            f"the result of {[c.name for c in steps]} would be {human_size(after)}, larger than "
+            f"{parent.name}:{parent.version} ({human_size(before)}), so it was not published; a compression "
+            "recipe must make the model smaller: compress harder (low-rank: lower 'energy'; prune: raise "
+            "'amount'), end with a quantize pass, or export to ONNX at the end of the recipe")
 
 
 def apply_recipe(artifact: Artifact, recipe: Recipe, ctx: Context,
@@ -140,6 +163,7 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
         with repo.publish(name, target.name, parent.signature, lineage) as stage:
             progress.update("saving")
             extra = target.save(artifact, stage.path, ctx)
+            check_not_larger(parent, repo.path(name, parent.version), stage.path, steps)
             if target.verify_saved:
                 sample = ctx.sample(parent.signature, 8)
                 saved = _run_saved(stage.path, target.name, parent.signature, extra, sample, threads)
@@ -182,4 +206,4 @@ def _run_saved(path: Path, fmt: str, sig: Signature, extra: dict[str, Any], samp
         rt.unload()
 
 
-__all__ = ["Result", "optimize", "apply_recipe", "resolve_recipe"]
+__all__ = ["Result", "optimize", "apply_recipe", "check_not_larger", "resolve_recipe"]

@@ -28,7 +28,7 @@ from shipyard.optimize.measure import latencies_side_by_side, measure
 from shipyard.optimize.passes import Context
 from shipyard.optimize.progress import QUIET, Progress, running
 from shipyard.optimize.recipe import PRESETS, parse_recipe, preset, runs_on
-from shipyard.optimize.runner import Result, apply_recipe, optimize
+from shipyard.optimize.runner import Result, apply_recipe, check_not_larger, optimize
 from shipyard.repository import Repository, parse_ref
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -62,8 +62,8 @@ def candidates(kind: str, has_train: bool, objective: str) -> list[Candidate]:
 
     out: list[Candidate] = []
     for name in PRESETS:
-        if kind == "onnx" and not _onnx_only(name):
-            continue  # pruning, distillation, low-rank and weight-only need the PyTorch model
+        if kind == "onnx" and not runs_on(PRESETS[name][1][0]["pass"], "onnx"):
+            continue  # weight-only layers are PyTorch modules; the rest take ONNX sources
         steps = steps_of(name)
         if not has_train and any(s["pass"] == "distill" for s in steps):
             continue  # nothing to train a student on
@@ -71,8 +71,6 @@ def candidates(kind: str, has_train: bool, objective: str) -> list[Candidate]:
     onnx: list[dict[str, Any]] = [] if kind == "onnx" else [{"pass": "export", "format": "onnx"}]
     out.insert(2, Candidate("int8-static (entropy)", [*onnx, {"pass": "quantize", "mode": "static",
                                                                "calibration": "entropy"}]))
-    if kind != "torch":
-        return out
     static, dynamic = {"pass": "quantize", "mode": "static"}, {"pass": "quantize", "mode": "dynamic"}
     half = steps_of("prune-structured-50")
     quarter = [{**half[0], "amount": 0.25}, *half[1:]]
@@ -87,10 +85,6 @@ def candidates(kind: str, has_train: bool, objective: str) -> list[Candidate]:
         out += [Candidate("distill-half + int8-static", [*student, static]),
                 Candidate("distill-half + int8-dynamic", [*student, dynamic])]
     return out
-
-
-def _onnx_only(name: str) -> bool:
-    return all(runs_on(step["pass"], "onnx") for step in PRESETS[name][1])
 
 
 def _key(steps: list[dict[str, Any]]) -> str:
@@ -165,6 +159,9 @@ class _Evaluator:
             artifact = self.build(cand.steps, folder)
             fmt, extra = formats.save(artifact, folder / "out", ctx)
             del artifact
+            # never pick a version larger than its parent (the runner would refuse to publish it)
+            check_not_larger(self.parent, self.repo.path(self.parent.name, self.parent.version), folder / "out",
+                             parse_recipe(cand.steps))
             gc.collect()  # sessions left by the passes (ORT's calibrator) must not hold threads now
             cand.metrics, _ = measure(folder / "out", fmt, self.parent.signature, ev, self.threads,
                                       self.reference, extra, self.budget_s, tasks.get(self.task),
@@ -264,7 +261,7 @@ def search(repository: str | Path, ref: str, max_accuracy_drop: float = 1.0,
     name, version = parse_ref(ref)
     parent = repo.manifest(name, version)
     data = resolve_data(parent, eval_data, calibrate, train)
-    kind = "onnx" if parent.format == "onnx" else "torch"
+    kind = formats.format_of(parent).kind
     cands = candidate_list or candidates(kind, data[2] is not None and data[2].labels is not None, objective)
     tried: list[Candidate] = []
     with tempfile.TemporaryDirectory(prefix="shipyard-search-") as tmp, \

@@ -49,6 +49,21 @@ def _dequantized(x: torch.Tensor, layer: WeightOnlyLinear) -> torch.Tensor:
     return nn.functional.linear(x, layer.dequantize())
 
 
+# torch 2.13's CPU `_weight_int8pack_mm` reads past its operands on the bf16 path when the inner
+# dimension is not a multiple of 8 and more than one row comes in: SIGSEGV, or garbage where the
+# memory beyond happens to be mapped (found as the `--auto` crash of issue 14: an 84-wide Linear;
+# K = 4, 12, ..., 100 crash at 2+ rows, multiples of 8 never do, one row never did). Its fp32 path
+# handles every width, so such layers run int8-packed instead.
+BF16_INNER_MULTIPLE = 8
+
+
+def kernel_for(kernel: str, in_features: int) -> str:
+    """The kernel a layer `in_features` wide runs when `kernel` is asked for (see above)."""
+    if kernel == "int8-packed-bf16" and in_features % BF16_INNER_MULTIPLE:
+        return "int8-packed"
+    return kernel
+
+
 KERNELS: dict[str, Callable[[torch.Tensor, WeightOnlyLinear], torch.Tensor]] = {
     "int8-packed": _int8_packed, "int8-packed-bf16": _int8_packed_bf16, "int8-dynamic": _int8_dynamic,
     "int4-packed": _int4_packed,
@@ -80,7 +95,7 @@ class WeightOnlyLinear(nn.Module):
         super().__init__()
         w = linear.weight.detach().float()
         self.in_features, self.out_features = w.shape[1], w.shape[0]
-        self.bits, self.group_size, self.kernel = bits, group_size, kernel
+        self.bits, self.group_size, self.kernel = bits, group_size, kernel_for(kernel, w.shape[1])
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
         if bits == 8:
             scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
@@ -125,7 +140,7 @@ class WeightOnlyLinear(nn.Module):
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
         layer.in_features, layer.out_features = in_features, out_features
-        layer.bits, layer.group_size, layer.kernel = bits, group_size, kernel
+        layer.bits, layer.group_size, layer.kernel = bits, group_size, kernel_for(kernel, in_features)
         bias = tensors.get("bias")
         layer.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
         if bits == 8:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact
-from shipyard.optimize.formats import hf, hf_causal_lm, onnx, tflite, torch_export  # noqa: F401 - @register
+from shipyard.optimize.formats import hf, hf_causal_lm, onnx, tflite, torch_export, torchscript  # noqa: F401 - @register
 from shipyard.optimize.formats.base import REGISTRY, Format, register
 from shipyard.repository import Manifest, Repository
 
@@ -27,7 +27,7 @@ def format_of(manifest: Manifest) -> Format:
         known = sorted(REGISTRY)
         raise InvalidInput(
             f"{manifest.name}:{manifest.version} is {manifest.format}; optimize reads {', '.join(known[:-1])} "
-            f"and {known[-1]} versions (import TorchScript as ONNX or torch.export first)")
+            f"and {known[-1]} versions (export the model to ONNX or torch.export and import that)")
     return fmt
 
 

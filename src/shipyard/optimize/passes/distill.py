@@ -15,6 +15,9 @@ data). The student is either derived from the teacher or given:
 - `student: shallow`: transformers only, keep `layers` evenly spaced blocks (DistilBERT-style);
 - `student: package.module:factory`: a zero-argument factory returning an `nn.Module` that takes the
   model's inputs by position and returns logits of the teacher's shape (works for ONNX teachers too).
+
+An ONNX teacher with a derived student is converted to PyTorch once (`onnx_torch.py`, checked
+against ONNX Runtime) and teaches as a PyTorch module: no ONNX Runtime session runs while torch trains.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact, quiet_session_options, torch_forward
 from shipyard.optimize.passes import graph
 from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
+from shipyard.optimize.passes.onnx_torch import to_torch
 from shipyard.optimize.passes.task_distill import CLASS_TASKS, fit_task_student
 from shipyard.optimize.passes.transformer_prune import prune_transformer
 
@@ -241,8 +245,9 @@ def distill(artifact: Artifact, config: Distill, ctx: Context) -> Artifact:
     if config.parameter_ratio is not None and config.student != "narrow":
         raise InvalidInput(f"pass 'distill': parameter_ratio sizes a 'narrow' student, but student is "
                            f"{config.student!r}; drop parameter_ratio or use student: narrow")
+    if derived and artifact.kind == "onnx":  # the student is derived in PyTorch: converted once, checked
+        artifact = to_torch(artifact, ctx, config.name)
     if derived:
-        artifact.require("torch", "distill (derived student)")
         if config.student == "narrow":
             width = solve_width(artifact, config, ctx)
             raw, facts = _narrow(artifact, width, ctx)

@@ -1,5 +1,7 @@
 """Low-rank factorisation of Linear layers by truncated SVD: W (m x n) ~ U_r S_r V_r^T becomes two
-Linears (n -> r -> m). It only pays when r (m + n) < m n, i.e. r < mn/(m+n); other layers stay."""
+Linears (n -> r -> m), or, in an ONNX graph, a MatMul/Gemm into two MatMuls (`onnx_weights.py`).
+It only pays when r (m + n) < m n, i.e. r < mn/(m+n): below that both FLOPs and bytes drop; other
+layers stay whole."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from torch import nn
 
 from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact
+from shipyard.optimize.passes import onnx_weights
 from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
 from shipyard.optimize.passes.graph import linears_as_modules
 from shipyard.quant.weight_only import conv1d_to_linear_
@@ -21,7 +24,7 @@ class LowRank(PassConfig):
     """Factor Linear weights by truncated SVD."""
 
     name: ClassVar[str] = "low-rank"
-    accepts: ClassVar[frozenset[str] | None] = TORCH
+    accepts: ClassVar[frozenset[str] | None] = TORCH | {"onnx"}
     energy: float | None = Field(0.9, gt=0.0, le=1.0, description="Keep the smallest rank whose singular values hold this fraction of the squared-norm energy.")
     ratio: float | None = Field(None, gt=0.0, le=1.0, description="Or: keep this fraction of min(m, n) singular values.")
     exclude: list[str] = Field(default_factory=list, description="Linear layer names left whole.")
@@ -56,6 +59,8 @@ def factor(lin: nn.Linear, r: int) -> nn.Sequential:
 
 @register(LowRank)
 def low_rank(artifact: Artifact, config: LowRank, ctx: Context) -> Artifact:
+    if artifact.kind == "onnx":
+        return _onnx(artifact, config, ctx)
     module = linears_as_modules(artifact.module)
     conv1d_to_linear_(module)
     done: dict[str, Any] = {}
@@ -73,7 +78,7 @@ def low_rank(artifact: Artifact, config: LowRank, ctx: Context) -> Artifact:
         m_, n_ = lin.out_features, lin.in_features
         s = torch.linalg.svdvals(lin.weight.detach().double())
         r = rank_for(s, config)
-        if r >= m_ * n_ / (m_ + n_):  # factoring would add FLOPs
+        if not onnx_weights.pays(r, m_, n_):  # factoring would add FLOPs and bytes
             skipped.append(name)
             continue
         parent_name, _, attr = name.rpartition(".")
@@ -91,3 +96,17 @@ def low_rank(artifact: Artifact, config: LowRank, ctx: Context) -> Artifact:
              (f"; left whole as tied to another layer (factoring would add its factors beside the shared "
               f"weight): {tied}" if tied else ""))
     return artifact.evolve(module=module, extra={"save_as": "torch-export"})
+
+
+def _onnx(artifact: Artifact, config: LowRank, ctx: Context) -> Artifact:
+    out, done, kept, convs = onnx_weights.low_rank(artifact, config.energy, config.ratio, config.exclude, ctx)
+    if not done:
+        raise InvalidInput(f"pass 'low-rank' factored no layer: at {config.energy or config.ratio} every MatMul/Gemm "
+                           f"rank r stays at or above mn/(m+n), where factoring would add FLOPs and bytes (layers: "
+                           f"{kept}" + (f"; Conv layers are not factored: {convs}" if convs else "") +
+                           "); lower 'energy' or set 'ratio'")
+    ctx.facts["low_rank"] = {"factored": done, "kept": kept, "conv_kept": convs}
+    ctx.note(f"low-rank SVD factored {len(done)} MatMul/Gemm layers of the ONNX graph (" +
+             ", ".join(f"{k} r={v['rank']}" for k, v in done.items()) +
+             f"); {len(kept)} kept whole where r >= mn/(m+n)" + (f"; Conv layers left whole: {convs}" if convs else ""))
+    return out

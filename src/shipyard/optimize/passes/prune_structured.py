@@ -1,6 +1,7 @@
 """Structured pruning: physically remove the weakest output channels of conv/linear layers (and of
 everything that reads them), or attention heads and FFN neurons of transformers, so compute and
-size drop. Optional fine-tuning on training data recovers accuracy."""
+size drop. Optional fine-tuning on training data recovers accuracy. ONNX models are converted to
+PyTorch first (`onnx_torch.py`); the result is PyTorch (an `export` pass takes it back to ONNX)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact, set_mode, torch_forward
 from shipyard.optimize.passes import graph
 from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
+from shipyard.optimize.passes.onnx_torch import to_torch
 from shipyard.optimize.passes.transformer_prune import prune_transformer
 
 
@@ -21,7 +23,7 @@ class PruneStructured(PassConfig):
     """Remove a fraction of channels (CNN/MLP layers) or heads and FFN neurons (transformers)."""
 
     name: ClassVar[str] = "prune-structured"
-    accepts: ClassVar[frozenset[str] | None] = TORCH
+    accepts: ClassVar[frozenset[str] | None] = TORCH | {"onnx"}
     amount: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of output channels removed from each prunable layer.")
     heads: float | None = Field(None, ge=0.0, lt=1.0, description="Transformers: fraction of attention heads removed per layer (default: amount).")
     ffn: float | None = Field(None, ge=0.0, lt=1.0, description="Transformers: fraction of FFN neurons removed per layer (default: amount).")
@@ -109,6 +111,8 @@ def task_loss(task: str | None, out: torch.Tensor, labels: torch.Tensor) -> torc
 
 @register(PruneStructured)
 def prune_structured(artifact: Artifact, config: PruneStructured, ctx: Context) -> Artifact:
+    if artifact.kind == "onnx":  # channels are removed in PyTorch: converted once, checked (onnx_torch.py)
+        artifact = to_torch(artifact, ctx, config.name)
     if artifact.is_transformers:
         facts = prune_transformer(artifact.module, config.amount if config.heads is None else config.heads,
                                   config.amount if config.ffn is None else config.ffn, ctx)

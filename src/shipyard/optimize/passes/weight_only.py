@@ -26,7 +26,7 @@ from torch import nn
 from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact
 from shipyard.optimize.passes.base import TORCH, Context, PassConfig, register
-from shipyard.quant.weight_only import KERNELS, NOT_EXPORTABLE, WeightOnlyLinear, conv1d_to_linear_
+from shipyard.quant.weight_only import KERNELS, NOT_EXPORTABLE, WeightOnlyLinear, conv1d_to_linear_, kernel_for
 
 
 def _time(fn: Callable[[], Any], calls: int = 60) -> float:
@@ -120,6 +120,8 @@ def quantize_weights_(module: nn.Module, bits: int = 8, group_size: int = 128, k
         raise InvalidInput(f"weight-only kernel {kernel!r} does not run int{bits} weights; use auto, dequantize "
                            f"or one of {', '.join(k for k in KERNELS if k.startswith(f'int{bits}'))}")
     report["kernel"] = kernel
+    report["kernel_fallback"] = {n: kernel_for(kernel, m.in_features) for n, m in targets
+                                 if kernel_for(kernel, m.in_features) != kernel}
     for name, lin in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
@@ -173,6 +175,9 @@ def weight_only(artifact: Artifact, config: WeightOnly, ctx: Context) -> Artifac
         if times[report["kernel"]] > times["fp32"]:
             ctx.note(f"on this CPU the int{config.bits} kernel is slower than fp32 matmul at that shape: "
                      "weight-only is a size (and memory-bandwidth) option here, not a compute speed-up")
+    if report.get("kernel_fallback"):
+        ctx.note(f"run with int8-packed instead of int8-packed-bf16, whose torch kernel needs widths that are "
+                 f"multiples of 8 (it crashes on others): {sorted(report['kernel_fallback'])}")
     if report["tied"]:
         ctx.note(f"kept in fp32 because their weight is tied to an embedding: {report['tied']}")
     if report["untied"]:
