@@ -61,7 +61,7 @@ def test_recipe_files(digits_copy: Repository, tmp_path: Path) -> None:
 def test_pass_on_the_wrong_kind_of_model(digits_copy: Repository) -> None:
     _fails(digits_copy, r"pass 'quantize' works on onnx models.*put an `export` pass", ref="digits:1",
            recipe=[{"pass": "quantize", "mode": "dynamic"}])
-    _fails(digits_copy, r"pass 'prune-structured' works on torch models", recipe=[{"pass": "prune-structured"}])
+    _fails(digits_copy, r"pass 'weight-only' works on torch models", recipe=[{"pass": "weight-only"}])
 
 
 def test_unsupported_layer_named(digits_copy: Repository) -> None:

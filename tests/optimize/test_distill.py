@@ -113,9 +113,7 @@ def test_distill_without_train_data_says_how_to_give_it(digits_copy: Repository)
     # Naming --eval turns off the zoo's default splits, so no training data is left.
     with pytest.raises(InvalidInput, match=r"step 1 \(distill\): .*none was given; pass --train zoo:digits-train"):
         optimize(digits_copy.root, "digits:1", preset_name="distill-half", eval_data="zoo:digits", **FAST)
-    # A derived student needs the PyTorch model, not an ONNX file.
-    with pytest.raises(InvalidInput, match=r"distill \(derived student\)' works on torch models"):
-        optimize(digits_copy.root, "digits:2", preset_name="distill-half", **FAST)
+    # (A derived student from an ONNX file: converted to PyTorch, tests/optimize/test_onnx_source.py.)
     assert digits_copy.versions("digits") == [1, 2]
 
 

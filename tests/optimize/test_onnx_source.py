@@ -14,8 +14,8 @@ import torch
 
 from shipyard.errors import InvalidInput
 from shipyard.optimize.data import Dataset
-from shipyard.optimize.runner import check_not_larger, model_bytes, optimize
 from shipyard.optimize.recipe import parse_recipe
+from shipyard.optimize.runner import check_not_larger, model_bytes, optimize
 from shipyard.repository import Manifest, Repository, Signature
 from shipyard.runtimes.importer import import_model
 from tests.fixtures import cnn_data, export_onnx, trained_cnn
@@ -92,6 +92,39 @@ def test_static_int8_on_the_onnx_source(cnn: Repository) -> None:
     report = _run(cnn, preset_name="int8-static", calibrate=data(32, 3, labels=False))
     assert report["rows"][-1]["metrics"]["size_bytes"] < 0.5 * report["rows"][0]["metrics"]["size_bytes"]
     assert abs(report["deltas"]["vs_parent"]["loss"]) < 0.5
+
+
+def test_distilling_an_onnx_teacher_derives_its_student_in_pytorch(cnn: Repository) -> None:
+    steps = [{"pass": "distill", "width": 0.5, "epochs": 1, "max_samples": 256}, {"pass": "export", "format": "onnx"}]
+    report = _run(cnn, recipe=steps, train=data(256, 4))
+    facts = report["facts"]["distill"]
+    assert facts["parameters_student"] < 0.5 * facts["parameters_teacher"], facts
+    assert facts["channels"]["conv2"] == [16, 8], facts
+
+
+def test_an_op_the_conversion_does_not_know_is_named_with_the_way_out(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    w1, w2 = np.ones((8, 4), np.float32), np.ones((2, 8), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1", transB=1),
+         helper.make_node("Cos", ["h"], ["c"], name="wave"),
+         helper.make_node("Gemm", ["c", "w2"], ["y"], name="fc2", transB=1)], "cos",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "cos.onnx"))
+    repo = Repository(tmp_path / "repo")
+    import_model(repo, tmp_path / "cos.onnx", "cos")
+    with pytest.raises(InvalidInput, match=r"node 'wave' \(Cos\) cannot be converted to PyTorch.*"
+                                           r"import its torch.export .pt2.*clip, prune-unstructured"):
+        optimize(repo.root, "cos:1", recipe=[{"pass": "prune-structured"}], **FAST,
+                 eval_data=Dataset({"x": np.ones((4, 4), np.float32)}, None, "ones"))
+    assert repo.versions("cos") == [1]
 
 
 def test_a_result_larger_than_its_parent_is_refused(tmp_path: Path) -> None:

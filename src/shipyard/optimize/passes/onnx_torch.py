@@ -3,8 +3,9 @@ distillation). The graph's common ops become real `nn` layers (Conv/Gemm/MatMul+
 functional calls, interpreted in the ONNX node order; the module is checked against ONNX Runtime on
 sample inputs and then exported with torch.export, so the passes see the same aten graph as for a
 model made in PyTorch (`graph.py`). An op outside the list is refused by node name, with the way
-out. Measured against onnx2torch (it pulls in torchvision) and graph surgery on the ONNX file: see
-the report of issue 14 and README's table.
+out. Why not onnx2torch: it imports torchvision (not a dependency here, and pinned per torch
+release). Why not graph surgery on the ONNX file: it is faster (ms against 0.2 s, BENCHMARKS.md)
+and gives the same model, but cannot fine-tune or train a student.
 """
 
 from __future__ import annotations
@@ -104,17 +105,18 @@ class FromOnnx(nn.Module):
         b = self.consts[other[0]]
         if b.shape != (w.shape[1],):
             return False
-        self._linear(node, taken, w.T, b, node.input[0], nxt.output[0])
+        self.steps.append(self._linear(node, taken, w.T, b, node.input[0], nxt.output[0]))
         return True
 
-    def _linear(self, node: Any, taken: set[str], w: np.ndarray, b: np.ndarray | None, x: str, y: str) -> None:
+    def _linear(self, node: Any, taken: set[str], w: np.ndarray, b: np.ndarray | None, x: str,
+                y: str) -> Callable[[dict[str, torch.Tensor]], None]:
         lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
         lin.weight = nn.Parameter(torch.from_numpy(np.ascontiguousarray(w, np.float32)))
         if b is not None:
             lin.bias = nn.Parameter(torch.from_numpy(np.ascontiguousarray(b, np.float32)))
         name = _layer_name(node, taken)
         self._add(name, lin)
-        self.steps.append(lambda env: env.__setitem__(y, getattr(self, name)(env[x])))
+        return lambda env: env.__setitem__(y, getattr(self, name)(env[x]))
 
     def _refuse(self, node: Any, why: str) -> InvalidInput:
         return InvalidInput(f"node '{node.name}' ({node.op_type}) cannot be converted to PyTorch: {why}; "
@@ -133,11 +135,9 @@ class FromOnnx(nn.Module):
             b = self.consts[ins[2]] * float(a.get("beta", 1.0)) if len(ins) > 2 and ins[2] else None
             if b is not None and b.shape != (w.shape[0],):
                 raise self._refuse(node, f"bias of shape {list(b.shape)}")
-            self._linear(node, taken, w, b, ins[0], out)
-            return self.steps.pop()
+            return self._linear(node, taken, w, b, ins[0], out)
         if op == "MatMul" and ins[1] in self.consts and self.consts[ins[1]].ndim == 2:
-            self._linear(node, taken, self.consts[ins[1]].T, None, ins[0], out)
-            return self.steps.pop()
+            return self._linear(node, taken, self.consts[ins[1]].T, None, ins[0], out)
         if op == "BatchNormalization":
             scale, bias, mean, var = (self.consts[n] for n in ins[1:5])
             bn = nn.BatchNorm2d(len(scale), eps=float(a.get("epsilon", 1e-5))).eval()
