@@ -136,5 +136,10 @@ def test_a_result_larger_than_its_parent_is_refused(tmp_path: Path) -> None:
     assert model_bytes(parent) == 100 and model_bytes(new) == 101
     manifest = Manifest(name="cnn", version=1, format="onnx", files=[], signature=Signature(inputs=[], outputs=[]))
     with pytest.raises(InvalidInput, match="larger than cnn:1"):
-        check_not_larger(manifest, parent, new, parse_recipe([{"pass": "low-rank", "energy": 0.9}]))
-    check_not_larger(manifest, parent, new, parse_recipe([{"pass": "export", "format": "onnx"}]))  # asked for
+        check_not_larger(manifest, parent, new, parse_recipe([{"pass": "low-rank", "energy": 0.9}]), "onnx")
+    check_not_larger(manifest, parent, new, parse_recipe([{"pass": "export", "format": "onnx"}]), "onnx")  # asked for
+    # another format's fixed costs differ (a .pt2 carries its graph): not compared
+    check_not_larger(manifest, parent, new, parse_recipe([{"pass": "low-rank", "energy": 0.9}]), "torch-export")
+    (parent / "original").mkdir()  # a kept original (the Keras file an import converted) is not the model
+    (parent / "original" / "model.keras").write_bytes(b"x" * 5000)
+    assert model_bytes(parent) == 100

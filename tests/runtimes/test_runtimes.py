@@ -75,7 +75,7 @@ def test_unknown_format_names_the_known_ones(tmp_path: Path) -> None:
         runtime_for(m, tmp_path, RuntimeOptions())
     assert e.value.message == (
         "m:3 has format 'tensorflow', which no runtime serves; known formats: "
-        "hf-causal-lm, hf-transformers, onnx, torch-export, torchscript"
+        "hf-causal-lm, hf-transformers, onnx, tflite, torch-export, torchscript"
     )
 
 

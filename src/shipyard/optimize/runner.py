@@ -22,7 +22,7 @@ from shipyard.optimize.artifact import Artifact, run_artifact
 from shipyard.optimize.data import DataSpec
 from shipyard.optimize.evaluators import EvalOptions, Evaluator
 from shipyard.optimize.formats import Format
-from shipyard.optimize.measure import REPORT_FILES, Versions
+from shipyard.optimize.measure import ORIGINAL, REPORT_FILES, Versions
 from shipyard.optimize.parity import check_parity
 from shipyard.optimize.passes import Context, PassConfig, accepts, apply
 from shipyard.optimize.progress import QUIET, Progress, running
@@ -75,15 +75,19 @@ def check_keeps_format(parent: Manifest, source: Format, steps: Recipe) -> None:
 def model_bytes(folder: Path) -> int:
     """The bytes of a version's model files (its manifest and reports are not the model)."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()
-               and p.name not in REPORT_FILES and p.name != "manifest.json")
+               and p.name not in REPORT_FILES and p.name != "manifest.json"
+               and ORIGINAL not in p.relative_to(folder).parts)
 
 
-def check_not_larger(parent: Manifest, parent_folder: Path, new_folder: Path, steps: Recipe) -> None:
-    """A version never grows: a recipe whose result is larger than its parent is refused, unless
-    it only converts (every pass `lossless`, e.g. an export to another format), which is asking
-    for the other format whatever its size. (`lowrank-90` once made a 292 KB model 310 KB: the
-    factors saved a few weights, the two layers' graph entries cost more.)"""
-    if all(c.lossless for c in steps):
+def check_not_larger(parent: Manifest, parent_folder: Path, new_folder: Path, steps: Recipe,
+                     new_format: str) -> None:
+    """A version never grows: a recipe whose result is larger than its parent, in the parent's
+    format, is refused, unless it only converts (every pass `lossless`, e.g. an export), which is
+    asking for the other format whatever its size. A result in another format than its parent's
+    (a Hugging Face folder pruned into a torch.export program) is not compared: the formats' fixed
+    costs differ (a .pt2 carries its graph, ~200 KB on a tiny model). (`lowrank-90` once made a
+    292 KB model 310 KB: the factors saved a few weights, the two layers' graph entries cost more.)"""
+    if all(c.lossless for c in steps) or new_format != parent.format:
         return
     before, after = model_bytes(parent_folder), model_bytes(new_folder)
     if after > before:
@@ -163,7 +167,7 @@ def optimize(repository: str | Path, ref: str, recipe: Recipe | str | Path | lis
         with repo.publish(name, target.name, parent.signature, lineage) as stage:
             progress.update("saving")
             extra = target.save(artifact, stage.path, ctx)
-            check_not_larger(parent, repo.path(name, parent.version), stage.path, steps)
+            check_not_larger(parent, repo.path(name, parent.version), stage.path, steps, target.name)
             if target.verify_saved:
                 sample = ctx.sample(parent.signature, 8)
                 saved = _run_saved(stage.path, target.name, parent.signature, extra, sample, threads)

@@ -159,15 +159,16 @@ class _Evaluator:
             artifact = self.build(cand.steps, folder)
             fmt, extra = formats.save(artifact, folder / "out", ctx)
             del artifact
-            # never pick a version larger than its parent (the runner would refuse to publish it)
-            check_not_larger(self.parent, self.repo.path(self.parent.name, self.parent.version), folder / "out",
-                             parse_recipe(cand.steps))
             gc.collect()  # sessions left by the passes (ORT's calibrator) must not hold threads now
             cand.metrics, _ = measure(folder / "out", fmt, self.parent.signature, ev, self.threads,
                                       self.reference, extra, self.budget_s, tasks.get(self.task),
                                       self.metric[1] if self.metric else None)
             cand.saved = (folder / "out", fmt, extra)
             cand.drop = 100 * (self.parent_metrics.get(self.score, 0) - cand.metrics.get(self.score, 0))
+            # Never pick a version larger than its parent (the runner would refuse to publish it);
+            # measured first all the same, so a sensitivity probe still tells its layer's ΔL.
+            check_not_larger(self.parent, self.repo.path(self.parent.name, self.parent.version), folder / "out",
+                             parse_recipe(cand.steps), fmt)
         except InvalidInput as e:
             cand.error = e.message
         return cand
