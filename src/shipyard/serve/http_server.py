@@ -198,7 +198,7 @@ class LimitedProtocol(HttpToolsProtocol):
         # The app sees the client gone (its read ends, its answer is dropped); the client gets 408.
         cycle.disconnected = True
         cycle.message_event.set()
-        if too_slow is not None:
+        if too_slow is not None and left > 0:  # still coming, too slowly (a stalled body says so below)
             self._linger(RequestTimeout(
                 f"the request body came too slowly: {self._body_bytes}{of} bytes, {too_slow:.0f} bytes/s over "
                 f"{now - self._rate_since:.0f} s, under the limit of {self.settings.min_body_rate_bytes_s:g} "
