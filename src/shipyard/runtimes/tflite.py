@@ -7,7 +7,6 @@ gives it back; concurrent requests beyond the pool wait for one."""
 
 from __future__ import annotations
 
-import queue
 import shutil
 import threading
 from pathlib import Path
@@ -60,31 +59,35 @@ def tflite_signature(path: Path) -> Signature:
 
 
 class Session:
-    """One interpreter run by signature names (or tensor names), resizing to each batch."""
+    """One interpreter run by signature names (or tensor names), resizing to each batch. The
+    per-call path is a few attribute reads: each input's (key, index, dtype) is worked out once."""
 
     def __init__(self, path: Path, threads: int) -> None:
         self.it = interpreter(path, threads)
         self.inputs, self.outputs = _details(self.it)
+        self.feeds = [(d["key"], d["index"], np.dtype(d["dtype"])) for d in self.inputs]
+        self.fetches = [(d["key"], d["index"]) for d in self.outputs]
         self.shapes: dict[int, tuple[int, ...]] = {d["index"]: tuple(d["shape"]) for d in self.inputs}
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        it, shapes = self.it, self.shapes
         resized = False
-        for d in self.inputs:
-            shape = tuple(feed[d["key"]].shape)
-            if self.shapes[d["index"]] != shape:
-                self.it.resize_tensor_input(d["index"], list(shape), strict=False)
-                self.shapes[d["index"]] = shape
+        for key, index, _ in self.feeds:
+            shape = feed[key].shape
+            if shapes[index] != shape:
+                it.resize_tensor_input(index, list(shape), strict=False)
+                shapes[index] = shape
                 resized = True
         if resized:
-            self.it.allocate_tensors()
-        for d in self.inputs:
-            array = feed[d["key"]]
-            if array.dtype != d["dtype"] or not array.flags.c_contiguous:
-                array = np.ascontiguousarray(array, dtype=d["dtype"])
-            self.it.set_tensor(d["index"], array)
-        self.it.invoke()
+            it.allocate_tensors()
+        for key, index, dtype in self.feeds:
+            array = feed[key]
+            if array.dtype != dtype or not array.flags.c_contiguous:
+                array = np.ascontiguousarray(array, dtype=dtype)
+            it.set_tensor(index, array)
+        it.invoke()
         # get_tensor copies out of the interpreter's arena, so the result outlives the next invoke.
-        return {d["key"]: self.it.get_tensor(d["index"]) for d in self.outputs}
+        return {key: it.get_tensor(index) for key, index in self.fetches}
 
 
 def run_tflite(path: Path, inputs: dict[str, np.ndarray], names: dict[str, str] | None = None,
@@ -106,32 +109,51 @@ class TfliteRuntime(Runtime):
         # The version's tensor names -> the file's (an export keeps the names of its parent).
         self.names: dict[str, str] = dict(self.manifest.extra.get("tflite_names", {}))
         self.back = {v: k for k, v in self.names.items()}
-        self.pool: queue.LifoQueue[Session] = queue.LifoQueue()
-        self.made = 0
-        self.lock = threading.Lock()
-        self.pool.put(Session(self.path / FILE, self.options.threads))
+        # Free interpreters: a list (pop and append are atomic), so a request that finds one pays
+        # no lock; only one that must wait for a busy interpreter takes the condition.
+        self.free: list[Session] = [Session(self.path / FILE, self.options.threads)]
         self.made = 1
+        self.waiting = 0
+        self.cond = threading.Condition()
 
     def _take(self) -> Session:
         try:
-            return self.pool.get_nowait()
-        except queue.Empty:
-            with self.lock:
-                grow = self.made < POOL
-                self.made += grow
-            return Session(self.path / FILE, self.options.threads) if grow else self.pool.get()
+            return self.free.pop()
+        except IndexError:
+            pass
+        with self.cond:
+            while True:
+                if self.free:
+                    return self.free.pop()
+                if self.made < POOL:
+                    self.made += 1
+                    break
+                self.waiting += 1
+                # a give that raced this check (appended, saw no waiter yet) is caught by the timeout
+                self.cond.wait(0.01)
+                self.waiting -= 1
+        return Session(self.path / FILE, self.options.threads)
+
+    def _give(self, session: Session) -> None:
+        self.free.append(session)
+        if self.waiting:
+            with self.cond:
+                self.cond.notify()
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         session = self._take()
         try:
-            result = session.run({self.names.get(k, k): v for k, v in inputs.items()})
+            if self.names:
+                result = session.run({self.names.get(k, k): v for k, v in inputs.items()})
+                result = {self.back.get(k, k): v for k, v in result.items()}
+            else:
+                result = session.run(inputs)
         finally:
-            self.pool.put(session)
-        result = {self.back.get(k, k): v for k, v in result.items()}
+            self._give(session)
         return {name: result[name] for name in outputs}
 
     def unload(self) -> None:
-        self.pool = queue.LifoQueue()
+        self.free = []
 
     @classmethod
     def claims(cls, source: Path) -> bool:
