@@ -144,3 +144,16 @@ def resolve_data(parent: Manifest, eval_data: DataSpec, calibrate: DataSpec,
     tr = load_data(train, "train")
     return (check_data(ev, sig, "eval"), check_data(cal, sig, "calibrate") if cal is not None else None,
             check_data(tr, sig, "train") if tr is not None else None)
+
+
+def synthetic(signature: Signature, n: int, seed: int = 0, high: int = 100) -> dict[str, np.ndarray]:
+    """`n` made-up rows for each input (free dimensions 8): standard normal floats, integers in
+    [0, high); for parity checks and samples when no data is given."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for t in signature.inputs:
+        shape = [n if i == 0 else (8 if d == -1 else d) for i, d in enumerate(t.shape)]
+        dtype = numpy_dtype(t.datatype)
+        out[t.name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
+                       else rng.integers(0, high, shape).astype(dtype))
+    return out

@@ -10,14 +10,12 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from shipyard.errors import InvalidInput
 from shipyard.optimize.artifact import Artifact, run_artifact
+from shipyard.optimize.data import synthetic
 from shipyard.optimize.formats.base import Format, register, tally
 from shipyard.optimize.parity import check_parity
-from shipyard.repository import Manifest, Signature
-from shipyard.tensors import numpy_dtype
+from shipyard.repository import Manifest
 
 if TYPE_CHECKING:
     from shipyard.optimize.passes.base import Context
@@ -26,17 +24,6 @@ FILE = "model.ts"
 OPSET = 17
 # The exporter replays the same ops: only float reordering may differ.
 ATOL, RTOL = 1e-4, 1e-4
-
-
-def _sample(signature: Signature, n: int = 4) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    out: dict[str, np.ndarray] = {}
-    for t in signature.inputs:
-        shape = [n if i == 0 else (8 if d == -1 else d) for i, d in enumerate(t.shape)]
-        dtype = numpy_dtype(t.datatype)
-        out[t.name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
-                       else rng.integers(0, 100, shape).astype(dtype))
-    return out
 
 
 @register
@@ -49,7 +36,7 @@ class TorchScript(Format):
 
         module = torch.jit.load(str(folder / FILE), map_location="cpu").eval()
         sig = manifest.signature
-        sample = _sample(sig)
+        sample = synthetic(sig, 4)
         args = tuple(torch.from_numpy(sample[t.name]) for t in sig.inputs)
         dynamic = {t.name: {i: f"{t.name}_dim{i}" if i else "batch" for i, d in enumerate(t.shape) if d == -1}
                    for t in [*sig.inputs, *sig.outputs]}

@@ -25,9 +25,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from shipyard.optimize.artifact import Artifact
-from shipyard.optimize.data import Dataset
+from shipyard.optimize.data import Dataset, synthetic
 from shipyard.repository import Signature
-from shipyard.tensors import numpy_dtype
 
 
 class PassConfig(BaseModel):
@@ -71,13 +70,7 @@ class Context:
         for data in (self.eval_data, self.calibration, self.train):
             if data is not None:
                 return data.take(n)
-        rng = np.random.default_rng(self.seed)
-        out: dict[str, np.ndarray] = {}
-        for t in signature.inputs:
-            shape = [n if i == 0 else (8 if d == -1 else d) for i, d in enumerate(t.shape)]
-            dtype = numpy_dtype(t.datatype)
-            out[t.name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
-                           else rng.integers(0, 100, shape).astype(dtype))
+        out = synthetic(signature, n, self.seed)
         if "attention_mask" in out:
             out["attention_mask"][:] = 1
         return out

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInput
+from shipyard.optimize.data import synthetic
 from shipyard.optimize.parity import check_parity
 from shipyard.repository import Signature, TensorSpec
 from shipyard.runtimes.extras import require
-from shipyard.tensors import numpy_dtype, v2_datatype
+from shipyard.tensors import v2_datatype
 
 KERAS = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
 OPSET = 17
@@ -86,14 +87,7 @@ def signature_of(fn: Any) -> Signature:
 
 
 def sample(signature: Signature, n: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for t in signature.inputs:
-        shape = [n if i == 0 else (8 if d == -1 else d) for i, d in enumerate(t.shape)]
-        dtype = numpy_dtype(t.datatype)
-        out[t.name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
-                       else rng.integers(0, 10, shape).astype(dtype))
-    return out
+    return synthetic(signature, n, seed, high=10)
 
 
 def run_tf(fn: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
