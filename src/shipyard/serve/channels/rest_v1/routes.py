@@ -3,6 +3,8 @@ Routes are specific (`/v1/models/{m}`, `...:predict`): the rest of /v1 belongs t
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -46,6 +48,15 @@ async def model_status(request: Request, model: str, version: str | None = None)
                   "id": model, "object": "model", "created": created, "owned_by": "shipyard"})
 
 
+async def _json_body(request: Request) -> Any:
+    """The request body as JSON (TF Serving's :predict, :classify and :regress all send JSON)."""
+    body = await read_body(request)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from None
+
+
 @router.post("/v1/models/{model}:predict")
 @router.post("/v1/models/{model}/versions/{version}:predict")
 async def predict(request: Request, model: str, version: str | None = None) -> Response:
@@ -55,11 +66,7 @@ async def predict(request: Request, model: str, version: str | None = None) -> R
     async def decode() -> InferRequest:
         nonlocal rows
         v = _version(version)
-        body = await read_body(request)
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise InvalidInput(f"request body is not valid JSON: {e}") from None
+        doc = await _json_body(request)
         infer_request, rows = decode_request(doc, model, v, plane.resolve(model, v))
         return infer_request
 
@@ -87,11 +94,7 @@ async def _examples(request: Request, method: str, model: str, version: str | No
     async def decode() -> InferRequest:
         nonlocal route
         v = _version(version)
-        body = await read_body(request)
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise InvalidInput(f"request body is not valid JSON: {e}") from None
+        doc = await _json_body(request)
         route = plane.resolve(model, v)
         examples.scores_output(method, model, route.signature)
         return examples.decode_examples(doc, model, v, route)
