@@ -76,3 +76,22 @@ def test_torchscript_version_takes_the_onnx_passes(regression: tuple[Repository,
         expected = x @ w.T + b
         err = np.abs(got - expected).max()
         assert 0 < err < 0.05 * np.abs(expected).max(), err  # int8 weights: close, not equal
+
+
+def test_torchscript_regression_is_reported_with_regression_metrics(regression: tuple[Repository, nn.Module]) -> None:
+    """With its float targets as labels, the fitted nn.Linear is measured as a regression (MSE,
+    MAE, R², checked here by hand), not with argmax accuracy and cross-entropy."""
+    repo, model = regression
+    x = EVAL.inputs["x"]
+    w, b = model.weight.detach().numpy(), model.bias.detach().numpy()
+    rng = np.random.default_rng(2)
+    y = (x @ w.T + b + 0.01 * rng.standard_normal((len(x), 10))).astype(np.float32)
+    result = optimize(repo.root, "reg:1", recipe=[{"pass": "quantize", "mode": "dynamic"}],
+                      eval_data=Dataset({"x": x}, y, "reg-labelled"), **FAST)
+    assert result.report["facts"]["task"]["name"] == "regression"
+    parent = result.report["rows"][0]["metrics"]
+    assert "accuracy" not in parent and parent["r2"] > 0.99
+    o = x @ w.T + b  # the parent computes the fitted map
+    assert parent["mse"] == pytest.approx(float(((o - y) ** 2).mean()), rel=1e-3)
+    assert parent["mae"] == pytest.approx(float(np.abs(o - y).mean()), rel=1e-3)
+    assert result.report["deltas"]["vs_parent"]["loss"] >= 0  # int8 weights add error to the MSE
